@@ -1,0 +1,32 @@
+# Two commands: `make run` (the whole pipeline on the embedded benchmark) and `make test` (the test suite).
+# Both create .venv with the pinned dependencies first.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+CORES  ?= all
+
+.PHONY: run test dvc.yaml dvc-check bench clean-smoke
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES)
+	@echo "report: results/default/report/index.html"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+dvc.yaml: $(STAMP)
+	$(BIN)/wsss-dvc-yaml --configfile config/config.yaml --out dvc.yaml
+
+dvc-check: $(STAMP)
+	$(BIN)/wsss-dvc-yaml --configfile config/config.yaml --out dvc.yaml --check
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py

@@ -1,0 +1,183 @@
+"""Training plumbing shared by every training stage: seeding, optimiser and schedule, resumable checkpoints.
+
+A training stage writes two things:
+- ``state_path`` (outside the Snakemake/DVC outputs, e.g. ``results/<exp>/state/<net>.pt``): the full resumable
+  state after every epoch — model, optimizer, scheduler, epoch, RNG states, history and the resolved config. A
+  killed job re-run with the same config resumes from it; a config change starts afresh.
+- ``checkpoint.pt`` (the stage's output): the same dict, written atomically once training has finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wsss.io import atomic_path
+
+log = logging.getLogger("wsss")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def config_digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_optimizer(params: Iterable, optim_cfg: dict) -> torch.optim.Optimizer:
+    if optim_cfg["optimizer"] == "adamw":
+        return torch.optim.AdamW(params, lr=optim_cfg["lr"], weight_decay=optim_cfg["weight_decay"])
+    return torch.optim.SGD(
+        params, lr=optim_cfg["lr"], momentum=optim_cfg["momentum"], weight_decay=optim_cfg["weight_decay"]
+    )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: dict, total_steps: int):
+    total_steps = max(1, total_steps)
+    kind = optim_cfg["schedule"]
+    if kind == "onecycle":
+        # one cycle (Smith 2018) as a LambdaLR, robust to tiny step counts: linear warm-up from lr/25 to lr over
+        # warmup_fraction of the steps, then cosine annealing towards 0.
+        warm = max(1, round(optim_cfg["warmup_fraction"] * total_steps))
+
+        def one_cycle(s: int) -> float:
+            if s < warm:
+                return 0.04 + 0.96 * s / warm
+            t = min(1.0, (s - warm) / max(1, total_steps - warm))
+            return 0.5 * (1 + math.cos(math.pi * t))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, one_cycle)
+    if kind == "poly":
+        power = optim_cfg["poly_power"]
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (1 - min(s, total_steps - 1) / total_steps) ** power)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    from wsss.io import WsssInputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise WsssInputError(f"{path}: checkpoint not found; run the training stage that writes it first")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise WsssInputError(f"{path}: unreadable checkpoint ({e}); delete it and re-run its training stage") from e
+
+
+@dataclass
+class TrainState:
+    """What a training loop needs to resume exactly where it stopped."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    config: dict
+    epoch: int = 0
+    history: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "rng": rng_state(),
+            "config": self.config,
+            "config_digest": config_digest(self.config),
+        }
+
+    def try_resume(self, state_path: Path) -> bool:
+        if not state_path.is_file():
+            return False
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        if state.get("config_digest") != config_digest(self.config):
+            log.info("ignoring %s: it was written under another config", state_path)
+            return False
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = state["epoch"]
+        self.history = state["history"]
+        set_rng_state(state["rng"])
+        log.info("resumed from %s at epoch %d", state_path, self.epoch)
+        return True
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """Data order of an epoch depends only on (seed, epoch): resuming replays the same order."""
+    g = torch.Generator()
+    g.manual_seed(seed * 100003 + epoch)
+    return g
+
+
+def fit(
+    state: TrainState,
+    *,
+    epochs: int,
+    make_loader: Callable[[int], Iterable],
+    step: Callable[[dict], dict],
+    state_path: Path,
+    end_of_epoch: Callable[[int], dict] | None = None,
+    desc: str = "train",
+) -> TrainState:
+    """The flat training loop: for each remaining epoch, run ``step`` on each batch, then checkpoint.
+
+    ``step(batch)`` does forward, backward and optimizer/scheduler step and returns scalar losses (floats).
+    ``end_of_epoch(epoch)`` may return extra scalars (e.g. val mAP) for the history.
+    """
+    state.try_resume(state_path)
+    state.model.train()
+    for epoch in range(state.epoch, epochs):
+        t0 = time.time()
+        sums: dict[str, float] = {}
+        n = 0
+        loader = make_loader(epoch)
+        bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False, mininterval=5, disable=None)
+        for batch in bar:
+            losses = step(batch)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n += 1
+            if not math.isfinite(losses.get("loss", 0.0)):
+                raise FloatingPointError(f"{desc}: loss became {losses['loss']} at epoch {epoch + 1}; lower the learning rate")
+        record = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()}, "seconds": time.time() - t0}
+        if end_of_epoch is not None:
+            record.update(end_of_epoch(epoch))
+            state.model.train()
+        state.history.append(record)
+        state.epoch = epoch + 1
+        log.info("%s %s", desc, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
+        save_checkpoint(state_path, state.to_dict())
+    return state

@@ -1,0 +1,187 @@
+"""Atomic file writes and the VOC-format readers every stage shares.
+
+Nothing half-written survives a failure: every writer here writes to a temporary file in the
+destination folder, flushes it, then renames it over the target (``os.replace`` is atomic on POSIX).
+Readers raise :class:`WsssInputError` naming the file and saying what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image
+
+
+class WsssInputError(RuntimeError):
+    """Bad input: the message names the file or key and says what to do."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    The temporary name keeps the target's suffix so that libraries choosing a format by extension
+    (PIL, numpy, torch) behave as they would on the real name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success replace ``path`` with it, on failure delete it.
+
+    A killed or failed stage therefore never leaves a folder that Snakemake or DVC could take as complete.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented, key-sorted JSON (stable diffs for DVC metrics)."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise WsssInputError(f"{path}: file not found; run the stage that produces it first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise WsssInputError(f"{path}: not valid JSON ({e}); delete it and re-run the stage that writes it") from e
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Atomically write a compressed ``.npz``."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise WsssInputError(f"{path}: CAM file not found; run the CAM extraction stage first")
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile.BadZipFile, ValueError, EOFError ...
+        raise WsssInputError(f"{path}: unreadable .npz ({e}); delete it and re-run the stage that wrote it") from e
+
+
+def voc_palette() -> list[int]:
+    """The PASCAL VOC colour map (256 entries, flat RGB list), as in the VOC devkit's ``labelcolormap``."""
+    pal = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal += [r, g, b]
+    return pal
+
+
+_PALETTE = voc_palette()
+
+
+def write_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
+    """Write a uint8 label map (class ids, 255 = ignore) as a VOC palette PNG, atomically."""
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"{path}: label map must be 2-D, got shape {label.shape}")
+    img = Image.fromarray(label.astype(np.uint8), mode="P")
+    img.putpalette(_PALETTE)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def read_label_png(path: str | os.PathLike, num_classes: int = 21) -> np.ndarray:
+    """Read a VOC label PNG as uint8 class ids; values must be in ``0..num_classes-1`` or 255."""
+    path = Path(path)
+    if not path.is_file():
+        raise WsssInputError(f"{path}: mask not found; check the dataset root and the split list")
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L"):
+                raise WsssInputError(
+                    f"{path}: mask has mode {im.mode!r}; VOC masks are palette ('P') or grey ('L') PNGs of class ids"
+                )
+            arr = np.array(im, dtype=np.uint8)
+    except WsssInputError:
+        raise
+    except Exception as e:
+        raise WsssInputError(f"{path}: unreadable mask ({e}); replace the file") from e
+    bad = (arr >= num_classes) & (arr != 255)
+    if bad.any():
+        vals = sorted(set(np.unique(arr[bad]).tolist()))[:5]
+        raise WsssInputError(
+            f"{path}: mask holds values {vals} outside 0..{num_classes - 1} and 255 (ignore); "
+            "fix or regenerate this mask"
+        )
+    return arr
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an RGB image as a uint8 HxWx3 array, with a clear error for a missing or corrupt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WsssInputError(f"{path}: image not found; check the dataset root and the split list")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.array(im.convert("RGB"), dtype=np.uint8)
+    except Exception as e:
+        raise WsssInputError(f"{path}: corrupt or unreadable image ({e}); replace the file or drop its id from the split") from e
+
+
+def write_jpeg(path: str | os.PathLike, image: np.ndarray, quality: int = 95) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp, format="JPEG", quality=quality)

@@ -1,0 +1,195 @@
+"""Regional Contrastive Module (RCM): pixel-to-prototype contrast guided by SupportNet.
+
+What the paper says (abstract only; its equations are unknown): "The RCM extracts
+two forms of self-supervision from SupportNet: (1) class region masks generated
+from the CAMs and (2) class-wise prototypes obtained from the features according
+to the class region masks. Then, every pixel-wise feature of the MainNet is
+trained by the prototype in a contrastive manner, sharpening the resulting CAMs."
+
+Everything below is OUR formulation; the closest published one is PPC (Du et al.,
+CVPR'22, pixel-to-prototype InfoNCE with tau = 0.1). See docs/methods.md.
+
+Pipeline (one training step; no autograd through SupportNet):
+  region = region_labels(norm. SupportNet CAM at feature size, labels, fg, bg)
+  protos, present = class_prototypes(SupportNet features/projections, region)
+  loss = pixel_prototype_contrast(MainNet projections, region, protos, present, tau)
+
+Classes: region value 0 = background, c + 1 = classifier output c, 255 = ignored.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "IGNORE_INDEX",
+    "region_labels",
+    "class_prototypes",
+    "pixel_prototype_contrast",
+    "PrototypeMemory",
+]
+
+IGNORE_INDEX = 255
+
+
+def region_labels(
+    support_cam_norm: torch.Tensor,
+    labels: torch.Tensor,
+    fg_threshold: float = 0.5,
+    bg_threshold: float = 0.2,
+) -> torch.Tensor:
+    """Class region masks from SupportNet's normalised CAMs.
+
+    With M_b(i) = max_{c in Y_b} A_bc(i) and c*(i) = argmax_{c in Y_b} A_bc(i)
+    (Y_b = the classes present in image b; absent classes never win):
+
+        R_b(i) = 0            if M_b(i) <  bg_threshold        (background)
+                 c*(i) + 1    if M_b(i) >= fg_threshold        (class region)
+                 255          otherwise                         (uncertain, ignored)
+
+    ``support_cam_norm`` [B,K,h,w] in [0,1], ``labels`` [B,K] in {0,1}. An image
+    with no present class is all background. Returns int64 [B,h,w].
+    Defaults: fg 0.5 / bg 0.2 (DESIGN.md's naive MainNet; PPC uses bg 0.20).
+    """
+    if not 0.0 <= bg_threshold <= fg_threshold:
+        raise ValueError(f"need 0 <= bg_threshold <= fg_threshold, got {bg_threshold}, {fg_threshold}")
+    present = labels.bool()[:, :, None, None]
+    cam = support_cam_norm.masked_fill(~present, float("-inf"))
+    maxv, argc = cam.max(dim=1)
+    region = torch.full_like(argc, IGNORE_INDEX)
+    region[maxv >= fg_threshold] = argc[maxv >= fg_threshold] + 1
+    region[maxv < bg_threshold] = 0
+    return region
+
+
+def _region_onehot(region: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[B,h,w] -> float [B,h*w,num_classes]; ignored / out-of-range pixels are all-zero rows."""
+    r = region.flatten(1).long()
+    valid = (r >= 0) & (r < num_classes)
+    r = torch.where(valid, r, torch.full_like(r, num_classes))
+    return F.one_hot(r, num_classes + 1)[..., :num_classes].float()
+
+
+def class_prototypes(
+    features: torch.Tensor,
+    region: torch.Tensor,
+    num_classes: int = 21,
+    scope: str = "batch",
+    weights: torch.Tensor | None = None,
+    normalize_features: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-wise prototypes: mean of (L2-normalised) features under each region.
+
+        p_k = normalize( sum_{b,i: R_b(i)=k} w_b(i) f~_b(i) / sum_{b,i: R_b(i)=k} w_b(i) ),
+        f~ = f / ||f||_2   (if ``normalize_features``)
+
+    ``features`` [B,D,h,w] (SupportNet's projections or raw features; must live in
+    the same space as the pixel embeddings they are contrasted with), ``region``
+    [B,h,w] from :func:`region_labels` (255 ignored). ``weights`` [B,h,w] >= 0
+    (optional): e.g. the SupportNet CAM value, as PPC's CAM-weighted prototypes;
+    default uniform. ``scope='batch'`` pools over the whole batch -> protos
+    [K,D], present [K]; ``scope='image'`` pools per image -> [B,K,D], [B,K].
+    Absent prototypes are zero vectors with ``present`` False.
+    """
+    if features.shape[-2:] != region.shape[-2:]:
+        raise ValueError(f"features {tuple(features.shape)} and region {tuple(region.shape)} differ in size")
+    f = F.normalize(features, dim=1) if normalize_features else features
+    onehot = _region_onehot(region, num_classes).to(f.dtype)  # [B,N,K]
+    if weights is not None:
+        onehot = onehot * weights.flatten(1).to(f.dtype).unsqueeze(-1)
+    sums = torch.einsum("bnk,bdn->bkd", onehot, f.flatten(2))  # [B,K,D]
+    mass = onehot.sum(dim=1)  # [B,K]
+    if scope == "batch":
+        sums, mass = sums.sum(0), mass.sum(0)
+    elif scope != "image":
+        raise ValueError(f"scope must be 'batch' or 'image', got {scope!r}")
+    present = mass > 0
+    protos = F.normalize(sums / mass.clamp_min(1e-12).unsqueeze(-1), dim=-1)
+    protos = protos * present.unsqueeze(-1).to(protos.dtype)
+    return protos, present
+
+
+def pixel_prototype_contrast(
+    pixel_emb: torch.Tensor,
+    region: torch.Tensor,
+    protos: torch.Tensor,
+    present: torch.Tensor,
+    temperature: float = 0.1,
+    labels: torch.Tensor | None = None,
+    pixel_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pixel-to-prototype InfoNCE (PPC-style), averaged over labelled pixels.
+
+        L = 1/|Omega| sum_{(b,i) in Omega} -log( exp(<f_bi, p_{y_bi}>/tau) / sum_{k in P_b} exp(<f_bi, p_k>/tau) )
+
+    f_bi: MainNet's L2-normalised pixel embedding [B,D,h,w]; y_bi = ``region``;
+    Omega = pixels with y != 255 whose prototype is present; P_b = present
+    prototypes (``present`` [K] for batch prototypes [K,D], or [B,K] for
+    per-image prototypes [B,K,D]). Optional ``labels`` [B,K-1] restricts P_b to
+    background + the classes of image b (our option; default: all present, as
+    PPC). Optional ``pixel_weights`` [B,h,w] gives a weighted mean instead.
+    Returns 0 (with a graph) when no pixel is labelled. tau = 0.1 from PPC.
+    """
+    B, D, h, w = pixel_emb.shape
+    if region.shape != (B, h, w):
+        raise ValueError(f"region {tuple(region.shape)} does not match embeddings {(B, h, w)}")
+    emb = pixel_emb.flatten(2).transpose(1, 2)  # [B,N,D]
+    protos = protos.to(emb.dtype)
+    if protos.dim() == 2:
+        logits = emb @ protos.t()  # [B,N,K]
+        allowed = present.bool()[None, :].expand(B, -1)
+    else:
+        logits = torch.einsum("bnd,bkd->bnk", emb, protos)
+        allowed = present.bool()
+    K = logits.shape[-1]
+    if labels is not None:
+        keep = torch.cat([torch.ones_like(labels[:, :1]), labels], dim=1).bool()
+        allowed = allowed & keep
+    logits = (logits / temperature).masked_fill(~allowed[:, None, :], float("-inf"))
+    tgt = region.flatten(1).long()
+    in_range = (tgt >= 0) & (tgt < K)
+    safe = torch.where(in_range, tgt, torch.zeros_like(tgt))
+    valid = in_range & torch.gather(allowed, 1, safe)
+    if not bool(valid.any()):
+        return pixel_emb.sum() * 0.0
+    nll = F.cross_entropy(logits[valid], tgt[valid], reduction="none")
+    if pixel_weights is None:
+        return nll.mean()
+    wv = pixel_weights.flatten(1)[valid].to(nll.dtype)
+    return (wv * nll).sum() / wv.sum().clamp_min(1e-12)
+
+
+class PrototypeMemory(nn.Module):
+    """Momentum (EMA) bank of batch prototypes; a buffer, so it is saved in checkpoints.
+
+        m_k <- normalize( momentum * m_k + (1 - momentum) * p_k )   if k present in the batch
+        m_k <- p_k                                                  the first time k is seen
+
+    ``get()`` returns (protos [K,D], seen [K]) to pass to
+    :func:`pixel_prototype_contrast`. MoCo/PPC-style smoothing is our option;
+    the paper's use of a memory is unknown.
+    """
+
+    def __init__(self, num_classes: int = 21, dim: int = 128, momentum: float = 0.9):
+        super().__init__()
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError("momentum must be in [0, 1)")
+        self.momentum = float(momentum)
+        self.register_buffer("protos", torch.zeros(num_classes, dim))
+        self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
+
+    @torch.no_grad()
+    def update(self, protos: torch.Tensor, present: torch.Tensor) -> None:
+        protos = protos.detach().to(self.protos.dtype)
+        present = present.bool()
+        new = present & ~self.seen
+        old = present & self.seen
+        mixed = F.normalize(self.momentum * self.protos + (1 - self.momentum) * protos, dim=-1)
+        self.protos[old] = mixed[old]
+        self.protos[new] = protos[new]
+        self.seen |= present
+
+    def get(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.protos.clone(), self.seen.clone()

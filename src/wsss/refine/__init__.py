@@ -1,0 +1,1 @@
+"""Refinement of CAMs into pseudo labels (dense CRF: :mod:`wsss.refine.crf`)."""

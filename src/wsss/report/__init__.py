@@ -1,0 +1,66 @@
+"""Report stage: tables, figures and one self-contained HTML page from an experiment's metric files."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+from wsss.io import read_json, write_text
+from wsss.report.figures import make_figures
+from wsss.report.html import page_html, tables_markdown
+from wsss.report.inputs import load_experiment
+from wsss.report.tables import Table, build_tables, stacked_csv_frame
+
+__all__ = ["build_report", "Table"]
+
+
+def build_report(
+    exp_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    nets: Sequence[str],
+    crf_nets: Sequence[str],
+    seg_sources: Sequence[str],
+    title: str,
+    config: dict,
+    n_qualitative: int = 4,
+    optional: Collection[str] = (),
+) -> dict[str, Any]:
+    """Write ``tables.md``, ``tables.csv``, ``index.html`` and ``figures/*.png`` under ``out_dir``.
+
+    Reads ``exp_dir/metrics/{train,cam}_<net>.json`` for ``nets``, ``pseudo_<net>_crf.json`` for ``crf_nets``
+    and ``seg_<source>.json`` for ``seg_sources``; a missing one raises WsssInputError unless named in
+    ``optional`` (by file stem, file name, or net/source name), in which case its rows are left out.
+    Returns a JSON-serialisable summary (paths, tables, figures, headline rows, skipped inputs).
+    """
+    exp = load_experiment(exp_dir, nets=nets, crf_nets=crf_nets, seg_sources=seg_sources, optional=optional)
+    out = Path(out_dir)
+    tables = build_tables(exp)
+    figures, skipped_figs = make_figures(exp, out / "figures", n_qualitative)
+
+    notes = ["Numbers are mIoU x100 from this run's metric files. Published peer numbers are real-VOC results "
+             "listed for context only and are not comparable with this run's numbers."]
+    if exp.skipped:
+        notes.append("Optional inputs missing (rows left out): " + ", ".join(exp.skipped))
+    synth = exp.data_root / "synthetic.json"
+    dataset_info = read_json(synth) if synth.is_file() else None
+
+    paths = {"tables_md": out / "tables.md", "tables_csv": out / "tables.csv", "index_html": out / "index.html"}
+    write_text(paths["tables_md"], tables_markdown(title, tables, notes))
+    write_text(paths["tables_csv"], stacked_csv_frame(tables).to_csv(index=False))
+    write_text(paths["index_html"], page_html(title=title, tables=tables, figures=figures,
+                                              skipped_figures=skipped_figs, notes=notes, config=config,
+                                              dataset_info=dataset_info))
+    head = next(t for t in tables if t.name == "headline")
+    return {
+        **{k: str(v) for k, v in paths.items()},
+        "out_dir": str(out),
+        "tables": [t.name for t in tables],
+        "figures": {k: str(v) for k, v in figures.items()},
+        "figures_skipped": skipped_figs,
+        "inputs_read": sorted(str(p) for p in exp.paths.values()),
+        "inputs_skipped": list(exp.skipped),
+        "headline": [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+                     for r in head.frame.to_dict("records")],
+    }

@@ -1,0 +1,152 @@
+"""Load the metric files one report reads, with clear errors for missing required ones."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wsss.io import WsssInputError, read_json
+
+MAIN_VARIANTS = ("rcm_mam", "rcm", "mam", "baseline")  # preference order for "the" MainNet of the pipeline
+CONTROL = "mainnet_baseline"
+FULL = "mainnet_rcm_mam"
+
+NET_LABELS = {
+    "supportnet": "SupportNet",
+    "mainnet_baseline": "MainNet baseline (fair control)",
+    "mainnet_rcm": "MainNet +RCM",
+    "mainnet_mam": "MainNet +MAM",
+    "mainnet_rcm_mam": "MainNet +RCM+MAM",
+}
+ABLATION_ORDER = tuple(NET_LABELS)
+
+
+def net_label(net: str) -> str:
+    return NET_LABELS.get(net, net)
+
+
+def num(d: dict, key: str, path: Path | str, *, required: bool = False) -> float:
+    """``d[key]`` as a float; NaN if absent or null (WsssInputError if ``required``)."""
+    v = d.get(key)
+    if v is None:
+        if required:
+            raise WsssInputError(f"{path}: key {key!r} missing or null; re-run the stage that writes this file")
+        return math.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError) as e:
+        raise WsssInputError(f"{path}: key {key!r} = {v!r} is not a number; re-run the stage that writes it") from e
+
+
+@dataclass
+class Experiment:
+    """Metric JSONs of one experiment, keyed by net (train/cam/pseudo) or by source (seg)."""
+
+    root: Path
+    nets: list[str]
+    crf_nets: list[str]
+    seg_sources: list[str]
+    train: dict[str, dict] = field(default_factory=dict)
+    cam: dict[str, dict] = field(default_factory=dict)
+    pseudo: dict[str, dict] = field(default_factory=dict)
+    seg: dict[str, dict] = field(default_factory=dict)
+    paths: dict[str, Path] = field(default_factory=dict)  # file stem -> path of every file read
+    skipped: list[str] = field(default_factory=list)  # optional files that were missing
+
+    @property
+    def data_root(self) -> Path:
+        return self.root / "data" / "VOC2012"
+
+    def rel(self, stem: str) -> str:
+        return f"metrics/{stem}.json"
+
+    def main_net(self) -> str | None:
+        """The MainNet shown in the pipeline: the fullest variant with a CAM file."""
+        for v in MAIN_VARIANTS:
+            if f"mainnet_{v}" in self.cam:
+                return f"mainnet_{v}"
+        others = [n for n in self.cam if n != "supportnet"]
+        return others[-1] if others else None
+
+    def pseudo_net(self) -> str | None:
+        """The net whose CRF pseudo labels trained DeepLab (read from seg_pseudo's ``train_labels`` if it says)."""
+        told = str(self.seg.get("pseudo", {}).get("train_labels", ""))
+        for n in sorted(self.pseudo, key=len, reverse=True):
+            if f"{n}_crf" in told:
+                return n
+        main = self.main_net()
+        if main in self.pseudo:
+            return main
+        return next(reversed(self.pseudo), None) if self.pseudo else None
+
+
+def _is_optional(stem: str, name: str, optional: Collection[str]) -> bool:
+    return stem in optional or name in optional or f"{stem}.json" in optional
+
+
+def load_experiment(
+    exp_dir: str | Path,
+    *,
+    nets: Sequence[str],
+    crf_nets: Sequence[str],
+    seg_sources: Sequence[str],
+    optional: Collection[str] = (),
+) -> Experiment:
+    """Read ``metrics/{train,cam}_<net>.json``, ``pseudo_<net>_crf.json`` and ``seg_<source>.json``.
+
+    A missing file raises :class:`WsssInputError` naming it, unless its stem (``cam_mainnet_mam``), file name
+    or net/source name is in ``optional``; then it is recorded in ``skipped`` and its rows are left out.
+    """
+    exp = Experiment(Path(exp_dir), list(nets), list(crf_nets), list(seg_sources))
+    metrics = exp.root / "metrics"
+    wanted = (
+        [("train", f"train_{n}", n) for n in nets]
+        + [("cam", f"cam_{n}", n) for n in nets]
+        + [("pseudo", f"pseudo_{n}_crf", n) for n in crf_nets]
+        + [("seg", f"seg_{s}", s) for s in seg_sources]
+    )
+    for kind, stem, name in wanted:
+        path = metrics / f"{stem}.json"
+        if not path.is_file():
+            if _is_optional(stem, name, optional):
+                exp.skipped.append(exp.rel(stem))
+                continue
+            raise WsssInputError(
+                f"{path}: required metric file not found; run the stage that writes it, "
+                "or list it as optional for the report"
+            )
+        d = read_json(path)
+        if not isinstance(d, dict):
+            raise WsssInputError(f"{path}: expected a JSON object; re-run the stage that writes it")
+        if kind != "train":
+            num(d, "miou", path, required=True)
+        getattr(exp, kind)[name] = d
+        exp.paths[stem] = path
+    return exp
+
+
+def cam_npz(exp: Experiment, net: str, image_id: str) -> Path:
+    return exp.root / "cams" / net / f"{image_id}.npz"
+
+
+def pseudo_png(exp: Experiment, net: str, image_id: str) -> Path:
+    return exp.root / "pseudo" / f"{net}_crf" / f"{image_id}.png"
+
+
+def pred_png(exp: Experiment, source: str, image_id: str) -> Path:
+    return exp.root / "seg" / source / "val" / f"{image_id}.png"
+
+
+def split_ids(exp: Experiment, split: str) -> list[str]:
+    path = exp.data_root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not path.is_file():
+        return []
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def protocol_of(d: dict[str, Any]) -> dict[str, Any]:
+    p = d.get("protocol")
+    return p if isinstance(p, dict) else {}

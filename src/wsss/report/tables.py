@@ -1,0 +1,268 @@
+"""Report tables, built only from the experiment's metric files (plus ``published.py`` for context).
+
+Every table is a :class:`Table`: a DataFrame of raw values (mIoU etc. as fractions in [0, 1]) and a column
+format map used when rendering Markdown/HTML (fractions shown x100 with one decimal).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from wsss.report.inputs import ABLATION_ORDER, CONTROL, FULL, Experiment, net_label, num, protocol_of
+from wsss.report.published import published_frame
+
+# column format kinds: "frac" (x100, 1 dec), "delta" (x100, signed, 1 dec), "pct" (already %, 1 dec),
+# "thr" (2 dec), anything else: text
+NAN = math.nan
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    caption: str
+    frame: pd.DataFrame
+    formats: dict[str, str] = field(default_factory=dict)
+
+    def formatted(self) -> pd.DataFrame:
+        """Strings for display: fractions x100 with one decimal, NaN as an em dash."""
+        out = self.frame.copy().astype(object)
+        for col in out.columns:
+            kind = self.formats.get(col, "text")
+            out[col] = [format_value(v, kind) for v in self.frame[col]]
+        return out
+
+
+def format_value(v: Any, kind: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if kind == "frac":
+        return f"{100 * float(v):.1f}"
+    if kind == "delta":
+        return f"{100 * float(v):+.1f}"
+    if kind == "pct":
+        return f"{float(v):.1f}"
+    if kind == "thr":
+        return f"{float(v):.2f}"
+    return str(v)
+
+
+def _sub(a: float, b: float) -> float:
+    return a - b if not (math.isnan(a) or math.isnan(b)) else NAN
+
+
+def _ratio_pct(a: float, b: float) -> float:
+    return 100.0 * a / b if not (math.isnan(a) or math.isnan(b) or b == 0) else NAN
+
+
+# ------------------------------------------------------------------------------------------ (a) CAM quality
+def cam_quality(exp: Experiment) -> Table:
+    rows = []
+    for net, d in exp.cam.items():
+        path = exp.paths[f"cam_{net}"]
+        part, body = num(d, "part_recall", path), num(d, "body_recall", path)
+        rows.append({
+            "net": net, "model": net_label(net),
+            "miou": num(d, "miou", path), "best_threshold": num(d, "best_threshold", path),
+            "fixed_threshold": num(d, "fixed_threshold", path),
+            "miou_fixed_threshold": num(d, "miou_fixed_threshold", path),
+            "part_recall": part, "body_recall": body, "part_body_gap": _sub(part, body),
+            "context_bg_share": num(d, "context_bg_share", path), "other_bg_share": num(d, "other_bg_share", path),
+        })
+    fmt = {"miou": "frac", "best_threshold": "thr", "fixed_threshold": "thr", "miou_fixed_threshold": "frac",
+           "part_recall": "frac", "body_recall": "frac", "part_body_gap": "delta",
+           "context_bg_share": "frac", "other_bg_share": "frac"}
+    return Table(
+        "cam_quality", "CAM quality (train split)",
+        "CAM mIoU at the best background threshold of the sweep and at the fixed threshold; part/body recall = "
+        "share of discriminative-part / body pixels of the objects recovered by the CAM (as computed by the CAM "
+        "evaluation; see its protocol); "
+        "gap = part - body recall (smaller means more of the object is covered); context/other bg share = "
+        "share of context / other background pixels wrongly claimed by the CAM. Values x100.",
+        pd.DataFrame(rows, columns=["net", "model", *fmt]), fmt,
+    )
+
+
+# ------------------------------------------------------------------------------------------ (b) ablation
+def ablation(exp: Experiment) -> Table:
+    order = [n for n in ABLATION_ORDER if n in exp.cam] + [n for n in exp.cam if n not in ABLATION_ORDER]
+
+    def cam(n: str, key: str) -> float:
+        return num(exp.cam[n], key, exp.paths[f"cam_{n}"]) if n in exp.cam else NAN
+
+    def pseudo(n: str) -> float:
+        return num(exp.pseudo[n], "miou", exp.paths[f"pseudo_{n}_crf"]) if n in exp.pseudo else NAN
+
+    ctrl_cam, ctrl_body, ctrl_pseudo = cam(CONTROL, "miou"), cam(CONTROL, "body_recall"), pseudo(CONTROL)
+    rows = []
+    for n in order:
+        rows.append({
+            "net": n, "model": net_label(n),
+            "cam_miou": cam(n, "miou"), "delta_cam_miou": _sub(cam(n, "miou"), ctrl_cam),
+            "body_recall": cam(n, "body_recall"), "delta_body_recall": _sub(cam(n, "body_recall"), ctrl_body),
+            "pseudo_miou": pseudo(n), "delta_pseudo_miou": _sub(pseudo(n), ctrl_pseudo),
+        })
+    cols = ["net", "model", "cam_miou", "delta_cam_miou", "body_recall", "delta_body_recall", "pseudo_miou",
+            "delta_pseudo_miou"]
+    fmt = {c: ("delta" if c.startswith("delta") else "frac") for c in cols[2:]}
+    return Table(
+        "ablation", "Ablation (train split)",
+        f"CAM mIoU (best threshold), body recall and +CRF pseudo-label mIoU per model; delta = difference to the fair "
+        f"control '{net_label(CONTROL)}' (same backbone, schedule and data, without RCM/MAM), in points x100. "
+        "Pseudo mIoU is shown only for models whose CRF pseudo labels were made.",
+        pd.DataFrame(rows, columns=cols), fmt,
+    )
+
+
+# ------------------------------------------------------------------------------------------ (c) pipeline
+def _pipeline_rows(exp: Experiment) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def add(stage: str, stem: str, d: dict, key: str, ref: str) -> None:
+        rows.append({"stage": stage, "file": exp.rel(stem), "metric_key": key, "split": str(protocol_of(d).get("split", "")),
+                     "miou": num(d, key, exp.paths[stem]), "ref": ref})
+
+    if "supportnet" in exp.cam:
+        add("SupportNet CAM", "cam_supportnet", exp.cam["supportnet"], "miou", "miou")
+    main = exp.main_net()
+    if main:
+        add(f"{net_label(main)} CAM", f"cam_{main}", exp.cam[main], "miou", "miou")
+    pnet = exp.pseudo_net()
+    if pnet:
+        add(f"CRF pseudo labels ({net_label(pnet)})", f"pseudo_{pnet}_crf", exp.pseudo[pnet], "miou", "miou")
+    for src, d in exp.seg.items():
+        if src == "gt":
+            continue
+        what = "pseudo labels" if src == "pseudo" else src
+        add(f"DeepLab val, trained on {what}", f"seg_{src}", d, "miou", "miou")
+        add(f"DeepLab val, trained on {what}, +CRF", f"seg_{src}", d, "miou_crf", "miou_crf")
+    if "gt" in exp.seg:
+        add("Fully supervised upper bound (DeepLab on GT)", "seg_gt", exp.seg["gt"], "miou", "")
+        add("Fully supervised upper bound (DeepLab on GT), +CRF", "seg_gt", exp.seg["gt"], "miou_crf", "")
+    return rows
+
+
+def pipeline(exp: Experiment) -> Table:
+    rows = _pipeline_rows(exp)
+    gt = exp.seg.get("gt")
+    for r in rows:
+        ub = num(gt, r["ref"], exp.paths["seg_gt"]) if (gt is not None and r["ref"]) else NAN
+        r["upper_bound"] = ub
+        r["pct_of_upper_bound"] = _ratio_pct(r["miou"], ub)
+        del r["ref"]
+    cols = ["stage", "file", "metric_key", "split", "miou", "upper_bound", "pct_of_upper_bound"]
+    return Table(
+        "pipeline", "Pipeline",
+        "mIoU at each stage. % of upper bound = stage mIoU / mIoU of the same DeepLab trained on ground-truth masks "
+        "(no-CRF numbers against the no-CRF upper bound, +CRF against +CRF). CAM and pseudo-label numbers are on "
+        "the train split, DeepLab numbers on val (see 'split'), so the ratio compares quality levels, not one image set.",
+        pd.DataFrame(rows, columns=cols),
+        {"miou": "frac", "upper_bound": "frac", "pct_of_upper_bound": "pct"},
+    )
+
+
+# ------------------------------------------------------------------------------------------ (d) per class
+def per_class(exp: Experiment) -> Table:
+    columns: dict[str, dict] = {}
+    for n, d in exp.cam.items():
+        columns[f"{net_label(n)} CAM"] = d.get("per_class_iou") or {}
+    for n, d in exp.pseudo.items():
+        columns[f"{net_label(n)} +CRF pseudo"] = d.get("per_class_iou") or {}
+    for s, d in exp.seg.items():
+        columns[f"DeepLab ({s})"] = d.get("per_class_iou") or {}
+        columns[f"DeepLab ({s}) +CRF"] = d.get("per_class_iou_crf") or {}
+    columns = {k: v for k, v in columns.items() if v}
+    classes: list[str] = []
+    for v in columns.values():
+        classes += [c for c in v if c not in classes]
+    rows = [{"class": c, **{k: (NAN if v.get(c) is None else float(v[c])) for k, v in columns.items()}}
+            for c in classes]
+    return Table(
+        "per_class", "Per-class IoU",
+        "IoU per class (rows) at each stage (columns), x100. CAM and pseudo columns: train split; DeepLab: val.",
+        pd.DataFrame(rows, columns=["class", *columns]), {k: "frac" for k in columns},
+    )
+
+
+# ------------------------------------------------------------------------------------------ (e) published
+def published() -> Table:
+    df = published_frame()
+    return Table(
+        "published", "Published peers on real PASCAL VOC 2012 (context only)",
+        "mIoU % as published, each with its source (see shared/research/papers.md §3). These are real-VOC numbers "
+        "with other backbones and schedules; the numbers of this report come from this run's data (synthetic or a "
+        "VOC sample) and are NOT comparable with them. Unverified (recalled) numbers are left out.",
+        df, {c: "pct" for c in df.columns if c.endswith("_pct")},
+    )
+
+
+# ------------------------------------------------------------------------------------------ (f) protocol
+def _flatten(d: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(d, dict):
+        out: dict[str, str] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    if isinstance(d, (list, tuple)):
+        d = ", ".join(str(x) for x in d)
+    return {prefix[:-1]: str(d)}
+
+
+def protocol(exp: Experiment) -> Table:
+    rows = []
+    for kind in ("cam", "pseudo", "seg"):
+        for name, d in getattr(exp, kind).items():
+            stem = f"pseudo_{name}_crf" if kind == "pseudo" else f"{kind}_{name}"
+            for k, v in _flatten(protocol_of(d)).items():
+                rows.append({"file": exp.rel(stem), "key": k, "value": v})
+    return Table(
+        "protocol", "Evaluation protocol of every number",
+        "The 'protocol' object of each metric file, flattened (split, scales, flip, threshold selection, ...).",
+        pd.DataFrame(rows, columns=["file", "key", "value"]),
+    )
+
+
+# ------------------------------------------------------------------------------------------ headline
+def headline(exp: Experiment) -> Table:
+    def cam(n: str, k: str) -> float:
+        return num(exp.cam[n], k, exp.paths[f"cam_{n}"]) if n in exp.cam else NAN
+
+    pnet = exp.pseudo_net()
+    pseudo_miou = num(exp.pseudo[pnet], "miou", exp.paths[f"pseudo_{pnet}_crf"]) if pnet else NAN
+    seg = exp.seg.get("pseudo")
+    seg_path = exp.paths.get("seg_pseudo", "")
+    seg_miou = num(seg, "miou", seg_path) if seg else NAN
+    seg_crf = num(seg, "miou_crf", seg_path) if seg else NAN
+    plabel = f"{net_label(pnet)} +CRF pseudo labels" if pnet else "pseudo labels"
+    spec = [
+        ("CAM mIoU: full model vs fair control", f"{net_label(FULL)}", cam(FULL, "miou"),
+         net_label(CONTROL), cam(CONTROL, "miou")),
+        ("Body recall: full model vs fair control", net_label(FULL), cam(FULL, "body_recall"),
+         net_label(CONTROL), cam(CONTROL, "body_recall")),
+        ("Pseudo-label mIoU vs SupportNet CAM mIoU", plabel, pseudo_miou,
+         "SupportNet CAM", cam("supportnet", "miou")),
+        ("DeepLab val mIoU vs pseudo-label mIoU", "DeepLab (pseudo), no CRF", seg_miou, plabel, pseudo_miou),
+        ("DeepLab val mIoU (+CRF) vs pseudo-label mIoU", "DeepLab (pseudo), +CRF", seg_crf, plabel, pseudo_miou),
+    ]
+    rows = [{"comparison": c, "a": al, "a_value": a, "b": bl, "b_value": b, "delta": _sub(a, b)}
+            for c, al, a, bl, b in spec]
+    return Table(
+        "headline", "Headline comparisons",
+        "delta = a - b in points x100. A dash means an input of this comparison is not part of this run. "
+        "CAM and pseudo-label numbers are on train, DeepLab numbers on val.",
+        pd.DataFrame(rows), {"a_value": "frac", "b_value": "frac", "delta": "delta"},
+    )
+
+
+def build_tables(exp: Experiment) -> list[Table]:
+    return [headline(exp), cam_quality(exp), ablation(exp), pipeline(exp), per_class(exp), published(), protocol(exp)]
+
+
+def stacked_csv_frame(tables: list[Table]) -> pd.DataFrame:
+    """All tables in one frame with a leading ``table`` column (raw values, union of columns)."""
+    parts = [t.frame.assign(table=t.name)[["table", *t.frame.columns]] for t in tables if len(t.frame)]
+    return pd.concat(parts, ignore_index=True, sort=False) if parts else pd.DataFrame(columns=["table"])

@@ -1,0 +1,86 @@
+"""Stage: CAM quality on ``cam_split`` against the ground truth.
+
+Protocol (printed into the metric file): background = a constant threshold plane, argmax over
+(background, image classes); the threshold is swept over ``cams.thresholds`` against the ground truth (as SEAM's
+``--curve`` and PuzzleCAM's evaluate.py do) and also reported at the fixed ``cams.fixed_threshold``. 255 in the
+ground truth is ignored. On the synthetic benchmark it also measures the biases the benchmark plants: recall on
+discriminative-part versus body pixels, and background claimed by context classes versus the others.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm import tqdm
+
+from wsss import metrics
+from wsss.data import voc
+from wsss.io import load_npz, read_json, read_label_png, write_json
+
+
+def per_class_dict(values: list) -> dict:
+    return {name: v for name, v in zip(voc.VOC_CLASSES, values)}
+
+
+def bias_probes(data_root: Path):
+    """(part-mask folder or None, context class ids) of a synthetic dataset; (None, set()) for real data."""
+    part_dir = data_root / "PartMasks"
+    meta = data_root / "synthetic.json"
+    context = {int(c) for c in read_json(meta).get("context_classes", {})} if meta.is_file() else set()
+    return (part_dir if part_dir.is_dir() else None), context
+
+
+def run(cfg: dict, *, net_name: str, cams_dir: Path, data_root: Path, split: str, out: Path,
+        curve_out: Path) -> None:
+    ccfg = cfg["cams"]
+    ids = voc.read_split(data_root, split)
+    thresholds = sorted(set(ccfg["thresholds"]) | {ccfg["fixed_threshold"]})
+    sweep = metrics.ThresholdSweep(thresholds)
+    items = []
+    for image_id in tqdm(ids, desc=f"eval CAMs {net_name}", mininterval=5, disable=None):
+        z = load_npz(cams_dir / f"{image_id}.npz")
+        gt = read_label_png(voc.mask_path(data_root, image_id))
+        cam = z["cam"].astype("float32")
+        if cam.shape[1:] != gt.shape:
+            raise ValueError(f"{cams_dir / image_id}.npz: CAM size {cam.shape[1:]} differs from mask size {gt.shape}")
+        sweep.update(cam, z["keys"], gt)
+        items.append((image_id, cam, z["keys"], gt))
+    best_thr, best_cm = sweep.best()
+    fixed_cm = sweep.confusion(thresholds.index(ccfg["fixed_threshold"]))
+    best = best_cm.compute()
+
+    part_dir, context = bias_probes(data_root)
+    region, ctx = metrics.RegionRecall(), metrics.ContextShare(context)
+    for image_id, cam, keys, gt in items:
+        pred = metrics.cam_to_label(cam, keys, best_thr)
+        if part_dir is not None:
+            region.update(pred, gt, read_label_png(part_dir / f"{image_id}.png", num_classes=3))
+        ctx.update(pred, gt, image_classes=keys.tolist())
+    result = {
+        "net": net_name,
+        "protocol": {
+            "split": split,
+            "images": len(ids),
+            "scales": list(ccfg["scales"]),
+            "flip": ccfg["flip"],
+            "background": "constant threshold plane, argmax over background + image classes",
+            "threshold_selection": "swept against the ground truth of this split (best reported)",
+            "ignore": "255 in GT ignored",
+            "image_labels": "ground-truth image-level labels (the WSSS supervision)",
+        },
+        "miou": best["miou"],
+        "best_threshold": best_thr,
+        "curve": sweep.curve(),
+        "per_class_iou": per_class_dict(best["per_class_iou"]),
+        "fg_fp_rate": best["fg_fp_rate"],
+        "fg_fn_rate": best["fg_fn_rate"],
+        "fixed_threshold": ccfg["fixed_threshold"],
+        "miou_fixed_threshold": fixed_cm.compute()["miou"],
+    }
+    if part_dir is not None:
+        result.update({k: v for k, v in region.compute().items() if k in ("part_recall", "body_recall")})
+    if context:
+        shares = ctx.compute()
+        result.update({"context_bg_share": shares["context_bg_share"], "other_bg_share": shares["other_bg_share"]})
+    write_json(out, result)
+    write_json(curve_out, result["curve"])

@@ -1,0 +1,208 @@
+"""Report stage: tables reproduce the metric files, the HTML is self-contained, every figure is written."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from wsss.io import WsssInputError, read_json, save_npz, write_jpeg, write_json, write_label_png
+from wsss.report import build_report
+from wsss.report.published import NUMBER_FIELDS, PUBLISHED
+
+NETS = ["supportnet", "mainnet_baseline", "mainnet_rcm_mam"]
+CRF_NETS = ["supportnet", "mainnet_rcm_mam"]
+SOURCES = ["pseudo", "gt"]
+CAM = {  # net -> (miou, best_threshold, part_recall, body_recall)
+    "supportnet": (0.41, 0.20, 0.80, 0.35),
+    "mainnet_baseline": (0.45, 0.25, 0.82, 0.40),
+    "mainnet_rcm_mam": (0.52, 0.30, 0.85, 0.55),
+}
+PSEUDO = {"supportnet": 0.47, "mainnet_rcm_mam": 0.58}
+SEG = {"pseudo": (0.55, 0.57), "gt": (0.70, 0.72)}
+H, W = 12, 16
+
+
+def _protocol(split: str) -> dict:
+    return {"split": split, "scales": [1.0, 0.5], "flip": True, "threshold_selection": "sweep"}
+
+
+def write_metrics(e: Path) -> None:
+    m = e / "metrics"
+    for net, (miou, thr, part, body) in CAM.items():
+        write_json(m / f"train_{net}.json", {
+            "net": net, "final": {"val_map": 0.6, "epochs": 2, "seconds": 1.0},
+            "history": [{"epoch": 1, "loss": 0.9, "loss_cls": 0.7, "loss_rcm": 0.2, "val_map": 0.5},
+                        {"epoch": 2, "loss": 0.6, "loss_cls": 0.5, "loss_rcm": 0.1, "val_map": 0.6}]})
+        write_json(m / f"cam_{net}.json", {
+            "net": net, "protocol": _protocol("train"), "miou": miou, "best_threshold": thr,
+            "curve": [{"threshold": t, "miou": miou - abs(t - thr)} for t in (0.1, 0.2, 0.3, 0.4)],
+            "per_class_iou": {"aeroplane": miou + 0.01, "bicycle": None},
+            "part_recall": part, "body_recall": body, "context_bg_share": 0.1, "other_bg_share": 0.05,
+            "fixed_threshold": 0.15, "miou_fixed_threshold": miou - 0.02})
+    for net, miou in PSEUDO.items():
+        write_json(m / f"pseudo_{net}_crf.json", {
+            "net": net, "protocol": _protocol("train"), "miou": miou, "per_class_iou": {"aeroplane": miou},
+            "ignore_fraction": 0.2, "precision": 0.9})
+    for src, (miou, miou_crf) in SEG.items():
+        write_json(m / f"seg_{src}.json", {
+            "source": src, "protocol": _protocol("val"), "miou": miou, "miou_crf": miou_crf,
+            "per_class_iou": {"aeroplane": miou}, "per_class_iou_crf": {"aeroplane": miou_crf},
+            "history": [{"epoch": 1, "loss": 1.0}],
+            "train_labels": "pseudo/mainnet_rcm_mam_crf" if src == "pseudo" else "SegmentationClass"})
+
+
+def write_data(e: Path) -> None:
+    voc = e / "data" / "VOC2012"
+    rng = np.random.default_rng(0)
+    ids = {"train": ["t1", "t2"], "val": ["v1"]}
+    label = np.zeros((H, W), np.uint8)
+    label[3:9, 4:12] = 1
+    part = (label > 0).astype(np.uint8) * 2
+    part[3:5, 4:7] = 1
+    for split, split_ids in ids.items():
+        (voc / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(split_ids) + "\n")
+        for i in split_ids:
+            write_jpeg(voc / "JPEGImages" / f"{i}.jpg", rng.integers(0, 255, (H, W, 3)))
+            write_label_png(voc / "SegmentationClass" / f"{i}.png", label)
+            write_label_png(voc / "PartMasks" / f"{i}.png", part)
+            if split == "train":
+                for net in NETS:
+                    save_npz(e / "cams" / net / f"{i}.npz", keys=np.array([1]),
+                             cam=rng.random((1, H, W)).astype(np.float16))
+                for net in CRF_NETS:
+                    write_label_png(e / "pseudo" / f"{net}_crf" / f"{i}.png", label)
+            else:
+                for src in SOURCES:
+                    write_label_png(e / "seg" / src / "val" / f"{i}.png", label)
+    write_json(voc / "labels.json", {i: [1] for s in ids.values() for i in s})
+    write_json(voc / "synthetic.json", {"counts": {"train": 2, "val": 1}})
+
+
+@pytest.fixture()
+def exp(tmp_path: Path) -> Path:
+    e = tmp_path / "results" / "toy"
+    write_metrics(e)
+    write_data(e)
+    return e
+
+
+def run(e: Path, **kw) -> dict:
+    args = dict(nets=NETS, crf_nets=CRF_NETS, seg_sources=SOURCES, title="toy report",
+                config={"name": "toy", "cam": {"scales": [1.0, 0.5]}}, n_qualitative=2)
+    args.update(kw)
+    return build_report(e, e / "report", **args)
+
+
+def table(summary: dict, name: str) -> pd.DataFrame:
+    df = pd.read_csv(summary["tables_csv"])
+    return df[df["table"] == name].reset_index(drop=True)
+
+
+def test_tables_equal_inputs(exp: Path) -> None:
+    s = run(exp)
+    cq = table(s, "cam_quality").set_index("net")
+    for net, (miou, thr, part, body) in CAM.items():
+        assert cq.loc[net, "miou"] == pytest.approx(miou)
+        assert cq.loc[net, "best_threshold"] == pytest.approx(thr)
+        assert cq.loc[net, "miou_fixed_threshold"] == pytest.approx(miou - 0.02)
+        assert cq.loc[net, "part_body_gap"] == pytest.approx(part - body)
+
+    ab = table(s, "ablation").set_index("net")
+    assert list(ab.index) == NETS
+    assert ab.loc["mainnet_rcm_mam", "delta_cam_miou"] == pytest.approx(0.52 - 0.45)
+    assert ab.loc["mainnet_rcm_mam", "delta_body_recall"] == pytest.approx(0.55 - 0.40)
+    assert ab.loc["mainnet_baseline", "delta_cam_miou"] == pytest.approx(0.0)
+    assert ab.loc["mainnet_rcm_mam", "pseudo_miou"] == pytest.approx(0.58)
+    assert math.isnan(ab.loc["mainnet_baseline", "pseudo_miou"])  # no CRF pseudo labels for the control
+
+    pl = table(s, "pipeline").set_index("stage")
+    assert pl.loc["SupportNet CAM", "miou"] == pytest.approx(0.41)
+    assert pl.loc["MainNet +RCM+MAM CAM", "pct_of_upper_bound"] == pytest.approx(100 * 0.52 / 0.70)
+    assert pl.loc["CRF pseudo labels (MainNet +RCM+MAM)", "miou"] == pytest.approx(0.58)
+    assert pl.loc["DeepLab val, trained on pseudo labels", "pct_of_upper_bound"] == pytest.approx(100 * 0.55 / 0.70)
+    assert pl.loc["DeepLab val, trained on pseudo labels, +CRF", "pct_of_upper_bound"] == pytest.approx(
+        100 * 0.57 / 0.72)
+    assert pl.loc["Fully supervised upper bound (DeepLab on GT)", "miou"] == pytest.approx(0.70)
+
+    pc = table(s, "per_class").set_index("class")
+    assert pc.loc["aeroplane", "SupportNet CAM"] == pytest.approx(0.42)
+    assert math.isnan(pc.loc["bicycle", "SupportNet CAM"])
+    assert pc.loc["aeroplane", "DeepLab (gt) +CRF"] == pytest.approx(0.72)
+
+    hl = table(s, "headline").set_index("comparison")
+    assert hl.loc["CAM mIoU: full model vs fair control", "delta"] == pytest.approx(0.07)
+    assert hl.loc["Pseudo-label mIoU vs SupportNet CAM mIoU", "delta"] == pytest.approx(0.58 - 0.41)
+    assert hl.loc["DeepLab val mIoU vs pseudo-label mIoU", "delta"] == pytest.approx(0.55 - 0.58)
+
+    pr = table(s, "protocol")
+    assert set(pr["file"]) == {f"metrics/cam_{n}.json" for n in NETS} | {
+        f"metrics/pseudo_{n}_crf.json" for n in CRF_NETS} | {f"metrics/seg_{x}.json" for x in SOURCES}
+    assert "1.0, 0.5" in set(pr.loc[pr["key"] == "scales", "value"])
+
+    md = Path(s["tables_md"]).read_text()
+    assert "| mainnet_rcm_mam | MainNet +RCM+MAM | 52.0 | +7.0 | 55.0 | +15.0 | 58.0 | — |" in md
+
+
+def test_changed_input_changes_tables(exp: Path) -> None:
+    path = exp / "metrics" / "cam_mainnet_rcm_mam.json"
+    d = read_json(path)
+    d["miou"] = 0.61
+    write_json(path, d)
+    s = run(exp)
+    ab = table(s, "ablation").set_index("net")
+    assert ab.loc["mainnet_rcm_mam", "cam_miou"] == pytest.approx(0.61)
+    assert ab.loc["mainnet_rcm_mam", "delta_cam_miou"] == pytest.approx(0.61 - 0.45)
+    assert table(s, "pipeline").set_index("stage").loc["MainNet +RCM+MAM CAM", "pct_of_upper_bound"] == \
+        pytest.approx(100 * 0.61 / 0.70)
+
+
+def test_html_self_contained_and_figures_exist(exp: Path) -> None:
+    s = run(exp)
+    html = Path(s["index_html"]).read_text()
+    assert not re.search(r'(src|href)\s*=\s*["\']?(https?:|//)', html, re.I)
+    assert "<script" not in html and "<link" not in html
+    srcs = re.findall(r'src="([^"]*)"', html)
+    assert srcs and all(x.startswith("data:image/png;base64,") for x in srcs)
+    expected = {"threshold_curves", "training_curves", "qualitative_train", "qualitative_val", "synthetic_samples"}
+    assert set(s["figures"]) == expected and not s["figures_skipped"]
+    assert len(srcs) == len(expected)
+    for p in s["figures"].values():
+        with Image.open(p) as im:
+            assert im.format == "PNG"
+    assert "NOT comparable" in html and "Headline" in html and "Protocol" in html
+    assert "name: toy" in html  # config block
+    for n in ("tables_md", "tables_csv"):
+        assert Path(s[n]).is_file()
+
+
+def test_missing_required_file_raises(exp: Path) -> None:
+    (exp / "metrics" / "seg_gt.json").unlink()
+    with pytest.raises(WsssInputError, match="seg_gt.json"):
+        run(exp)
+
+
+def test_missing_optional_file_skips_row(exp: Path) -> None:
+    (exp / "metrics" / "cam_mainnet_rcm_mam.json").unlink()
+    s = run(exp, optional={"cam_mainnet_rcm_mam"})
+    assert s["inputs_skipped"] == ["metrics/cam_mainnet_rcm_mam.json"]
+    assert "mainnet_rcm_mam" not in set(table(s, "ablation")["net"])
+    hl = table(s, "headline").set_index("comparison")
+    assert math.isnan(hl.loc["CAM mIoU: full model vs fair control", "delta"])
+
+
+def test_published_numbers_have_sources() -> None:
+    for p in PUBLISHED:
+        for f in NUMBER_FIELDS:
+            if getattr(p, f) is not None:
+                assert f in p.sources and re.match(r"\[(READ|CODE|DERIVED|SECONDARY)\]", p.sources[f]), (p.method, f)
+    aalr = next(p for p in PUBLISHED if p.method.startswith("AA&LR"))
+    assert aalr.val == 63.9 and aalr.test is None  # the recalled test number is not used
+    target = next(p for p in PUBLISHED if "2112.05351" in p.method)
+    assert all(getattr(target, f) is None for f in NUMBER_FIELDS)

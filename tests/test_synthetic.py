@@ -1,0 +1,217 @@
+"""The synthetic VOC-format benchmark: layout, determinism, mask semantics, atomic writing, spec checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wsss.data import synthetic as syn
+from wsss.data.voc import labels_from_mask, load_labels, read_split
+from wsss.io import WsssInputError, voc_palette
+
+TINY = {"seed": 3, "n_train": 10, "n_val": 4, "size_min": 64, "size_max": 96}
+
+
+def _gen(base: Path, **over) -> Path:
+    root = base / "VOC2012"
+    syn.generate(root, {**TINY, **over})
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return _gen(tmp_path_factory.mktemp("tiny"))
+
+
+def _ids(root: Path) -> list[str]:
+    return read_split(root, "train") + read_split(root, "val")
+
+
+def _mask(root: Path, folder: str, iid: str) -> np.ndarray:
+    return np.array(Image.open(root / folder / f"{iid}.png"))
+
+
+def test_spec_defaults_and_descriptions():
+    assert set(syn.DEFAULT_SPEC) == set(syn.SPEC_DESCRIPTIONS)
+    assert all(isinstance(v, str) and v.endswith(".") for v in syn.SPEC_DESCRIPTIONS.values())
+    d = syn.DEFAULT_SPEC
+    assert (d["seed"], d["n_train"], d["n_val"], d["size_min"], d["size_max"]) == (0, 1600, 400, 96, 160)
+    assert (d["min_classes"], d["max_classes"], d["max_objects"], d["n_groups"], d["context_classes"]) == (1, 3, 4, 5, 5)
+    assert d["context_kinds"] == ["water", "grass", "sky", "road"] and d["occlusion"] is True
+    assert syn.resolve_spec() == {**d, **{k: float(v) for k, v in d.items() if isinstance(v, float)}}
+
+
+@pytest.mark.parametrize(
+    "bad, key",
+    [
+        ({"n_trian": 3}, "n_trian"),
+        ({"n_train": 2.5}, "n_train"),
+        ({"occlusion": 1}, "occlusion"),
+        ({"max_classes": 5, "max_objects": 4}, "max_objects"),
+        ({"size_min": 200}, "size_min"),
+        ({"context_kinds": ["lava"]}, "context_kinds"),
+        ({"part_bias": 1.5}, "part_bias"),
+        ({"n_groups": 9}, "n_groups"),
+    ],
+)
+def test_spec_errors_name_the_key(bad, key):
+    with pytest.raises(WsssInputError, match=key):
+        syn.resolve_spec(bad)
+
+
+def test_voc_layout(tiny: Path):
+    assert sorted(p.name for p in tiny.iterdir()) == [
+        "ImageSets", "JPEGImages", "PartMasks", "SegmentationClass", "labels.json", "synthetic.json"
+    ]
+    train, val = read_split(tiny, "train"), read_split(tiny, "val")
+    assert train == [f"syn_{i:06d}" for i in range(10)] and val == [f"syn_{i:06d}" for i in range(10, 14)]
+    for folder, ext in (("JPEGImages", "jpg"), ("SegmentationClass", "png"), ("PartMasks", "png")):
+        assert sorted(p.name for p in (tiny / folder).iterdir()) == sorted(f"{i}.{ext}" for i in train + val)
+    assert sorted(load_labels(tiny)) == sorted(train + val)
+    leftovers = [p.name for p in tiny.parent.iterdir() if p.name != "VOC2012"]
+    assert leftovers == [], "temporary folders left behind"
+    with Image.open(tiny / "JPEGImages" / f"{train[0]}.jpg") as im:
+        assert im.format == "JPEG" and im.mode == "RGB" and 64 <= min(im.size) <= max(im.size) <= 96
+
+
+def test_palette_pngs(tiny: Path):
+    pal = voc_palette()
+    for folder in ("SegmentationClass", "PartMasks"):
+        with Image.open(tiny / folder / "syn_000000.png") as im:
+            assert im.mode == "P"
+            assert im.getpalette()[:768] == pal[:768]
+
+
+def test_deterministic_given_seed(tiny: Path, tmp_path: Path):
+    same = _gen(tmp_path / "a")
+    other = _gen(tmp_path / "b", seed=4)
+    for folder in ("SegmentationClass", "PartMasks", "JPEGImages"):
+        for iid in _ids(tiny):
+            name = f"{iid}.{'jpg' if folder == 'JPEGImages' else 'png'}"
+            assert (same / folder / name).read_bytes() == (tiny / folder / name).read_bytes()
+    assert (same / "labels.json").read_bytes() == (tiny / "labels.json").read_bytes()
+    differs = [
+        (other / "SegmentationClass" / f"{i}.png").read_bytes() != (tiny / "SegmentationClass" / f"{i}.png").read_bytes()
+        for i in _ids(tiny)
+    ]
+    assert all(differs)
+
+
+def test_labels_agree_with_masks(tiny: Path):
+    labels = load_labels(tiny)
+    for iid in _ids(tiny):
+        mask = _mask(tiny, "SegmentationClass", iid)
+        assert set(np.unique(mask).tolist()) <= set(range(21)) | {255}
+        assert labels[iid] == labels_from_mask(mask)
+        assert 1 <= len(labels[iid]) <= TINY.get("max_classes", 3)
+        for c in labels[iid]:
+            assert (mask == c).sum() >= 25
+
+
+def test_ignore_band_on_every_border(tiny: Path):
+    for iid in _ids(tiny):
+        m = _mask(tiny, "SegmentationClass", iid).astype(int)
+        assert (m == 255).any()
+        for a, b in ((m[1:], m[:-1]), (m[:, 1:], m[:, :-1])):
+            # two 4-neighbours with different (non-ignored) classes would be an unbanded border
+            assert not ((a != b) & (a != 255) & (b != 255)).any()
+
+
+def test_ignore_band_width():
+    inst = np.zeros((9, 12), np.int32)
+    inst[:, 6:] = 1
+    assert not syn.ignore_band(inst, 0).any()
+    for width in (1, 2, 3, 4):
+        band = syn.ignore_band(inst, width)
+        assert band.sum(axis=1).tolist() == [width] * 9
+
+
+def test_part_masks_only_inside_objects(tiny: Path):
+    for iid in _ids(tiny):
+        label = _mask(tiny, "SegmentationClass", iid)
+        parts = _mask(tiny, "PartMasks", iid)
+        assert set(np.unique(parts).tolist()) <= {0, 1, 2, 255}
+        obj = (label >= 1) & (label <= 20)
+        assert np.array_equal(parts == 255, label == 255)
+        assert np.array_equal((parts == 1) | (parts == 2), obj)
+        for c in labels_from_mask(label):
+            assert ((label == c) & (parts == 1)).sum() >= 5, "every class keeps a visible part"
+        part_share = (parts == 1).sum() / max(obj.sum(), 1)
+        assert 0.02 < part_share < 0.6
+
+
+def test_metadata(tiny: Path):
+    meta = syn.load_metadata(tiny)
+    assert meta["spec"] == syn.resolve_spec(TINY)
+    groups = meta["class_group"]
+    assert sorted(groups) == list(range(1, 21))
+    assert sorted(np.bincount(list(groups.values())).tolist()) == [4] * 5
+    codes = {(v["hue"], v["pattern"]) for v in meta["class_code"].values()}
+    assert len(codes) == 20
+    ctx = meta["context_classes"]
+    assert ctx == {4: "water", 10: "grass", 1: "sky", 7: "road", 3: "water"}  # boat, cow, aeroplane, car, bird
+    assert meta["counts"]["n_images"] == {"train": 10, "val": 4}
+    assert meta["generation_time_s"] > 0
+    assert set(meta["images"]) == set(_ids(tiny))
+
+
+def test_context_classes_sit_on_their_context(tmp_path: Path):
+    root = _gen(tmp_path, n_train=160, n_val=1, size_min=48, size_max=56, scale_min=0.3)
+    meta = syn.load_metadata(root)
+    labels = load_labels(root)
+    for c, kind in meta["context_classes"].items():
+        with_c = [meta["images"][i]["context"] == kind for i, cl in labels.items() if c in cl]
+        without = [meta["images"][i]["context"] == kind for i, cl in labels.items() if c not in cl]
+        assert with_c and np.mean(with_c) > 0.6 > 0.3 > np.mean(without)
+    # the context fill covers the recorded rows: context pixels differ from a neutral background
+    some = next(i for i, v in meta["images"].items() if v["context"] == "water")
+    y0, y1 = meta["images"][some]["context_rows"]
+    img = np.array(Image.open(root / "JPEGImages" / f"{some}.jpg")).astype(int)
+    bg = _mask(root, "SegmentationClass", some) == 0
+    water = img[y0:y1][bg[y0:y1]]
+    assert water[:, 2].mean() > water[:, 0].mean() + 40  # blue
+
+
+def test_no_occlusion_and_no_part_bias(tmp_path: Path):
+    root = _gen(tmp_path, occlusion=False, part_bias=0.0, border_ignore=0, n_train=6, n_val=2)
+    for iid in _ids(root):
+        mask = _mask(root, "SegmentationClass", iid)
+        assert not (mask == 255).any()
+        assert load_labels(root)[iid] == labels_from_mask(mask)
+
+
+def test_replaces_existing_root(tmp_path: Path):
+    root = tmp_path / "VOC2012"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "stale.txt").write_text("old")
+    syn.generate(root, {**TINY, "n_train": 2, "n_val": 1})
+    assert not (root / "stale.txt").exists()
+    assert read_split(root, "val") == ["syn_000002"]
+    assert [p.name for p in tmp_path.iterdir()] == ["VOC2012"]
+
+
+def test_failed_run_leaves_nothing_complete(tmp_path: Path, monkeypatch):
+    calls = {"n": 0}
+    real = syn.write_label_png
+
+    def flaky(path, label):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise KeyboardInterrupt("simulated kill")
+        real(path, label)
+
+    monkeypatch.setattr(syn, "write_label_png", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        syn.generate(tmp_path / "VOC2012", TINY)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli(tmp_path: Path, capsys):
+    assert syn.main([str(tmp_path / "VOC2012"), "--n-train", "2", "--n-val", "1", "--seed", "5"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_images"] == {"train": 2, "val": 1}
+    assert syn.main([str(tmp_path / "x"), "--n-train", "0"]) == 2

@@ -1,0 +1,19 @@
+# Stage 3: refinement of CAMs into pseudo labels (dense CRF), and their mIoU.
+
+
+rule crf:
+    input:
+        data=DATA,
+        cams=R("cams/{net}"),
+    output:
+        pseudo=directory(R("pseudo/{net}_crf")),
+        metrics=R("metrics/pseudo_{net}_crf.json"),
+    params:
+        cfg=P("data.cam_split", "refine"),
+        split=CFG["data"]["cam_split"],
+    log:
+        R("logs/crf_{net}.log"),
+    threads: workflow.cores
+    shell:
+        WSSS("crf") + " --net {wildcards.net} --cams {input.cams} --data {input.data} --split {params.split}"
+        " --out {output.pseudo} --metrics {output.metrics}"
