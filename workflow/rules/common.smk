@@ -10,6 +10,9 @@ from wsss import config as wconfig  # noqa: E402
 
 validate(config, "../schemas/config.schema.yaml")
 
+
+report: "../report/workflow.rst"
+
 # The stages read the config *file*, so the file Snakemake loaded last is what they get. Values given with
 # `--config key=value` would not reach them: refuse those, rather than run a DAG the stages do not follow.
 if len(workflow.configfiles) != 1:

@@ -13,7 +13,7 @@ rule report:
         seg_metrics=expand(R("metrics/seg_{source}.json"), source=SEG_SOURCES),
         pred=expand(R("seg/{source}/val"), source=SEG_SOURCES),
     output:
-        report(directory(R("report")), htmlindex="index.html", category="wsss report"),
+        report(directory(R("report")), caption="../report/report.rst", htmlindex="index.html", category="wsss report"),
     params:
         cfg=P("name", "mainnet.variants", "mainnet.final_variant", "refine.crf_nets", "segment.upper_bound",
               "report"),

@@ -45,8 +45,18 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
+def code_digest() -> str:
+    """Digest of the wsss package's source: a resumable state written by other code is not resumed."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).resolve().parents[1].rglob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def config_digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """Digest of a training's resolved config and of the code that runs it (what a resume must match)."""
+    payload = json.dumps(obj, sort_keys=True, default=str) + code_digest()
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def build_optimizer(params: Iterable, optim_cfg: dict) -> torch.optim.Optimizer:
@@ -123,7 +133,7 @@ class TrainState:
             return False
         state = torch.load(state_path, map_location="cpu", weights_only=False)
         if state.get("config_digest") != config_digest(self.config):
-            log.info("ignoring %s: it was written under another config", state_path)
+            log.info("ignoring %s: it was written under another config or code version", state_path)
             return False
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -181,3 +191,55 @@ def fit(
         log.info("%s %s", desc, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
         save_checkpoint(state_path, state.to_dict())
     return state
+
+
+def train(
+    net: torch.nn.Module,
+    dataset,
+    tcfg: dict,
+    *,
+    seed: int,
+    resolved: dict,
+    state_path: Path,
+    out: Path,
+    objective: Callable[[torch.Tensor, dict], dict],
+    end_of_epoch: Callable[[int], dict] | None = None,
+    extra: dict | None = None,
+    desc: str = "train",
+) -> list[dict]:
+    """Train ``net`` on ``dataset`` with the schedule ``tcfg`` (a config ``train`` section), then write the final
+    checkpoint to ``out``. ``objective(x, batch)`` returns loss tensors including ``loss``.
+
+    Data order and augmentation depend only on (seed, epoch), so a resumed run replays the same batches.
+    Returns the per-epoch history without wall-clock timings (metric files must be deterministic).
+    """
+    if tcfg["channels_last"]:
+        net = net.to(memory_format=torch.channels_last)
+    steps_per_epoch = max(1, len(dataset) // tcfg["batch_size"])
+    optimizer = build_optimizer(net.parameters(), tcfg)
+    scheduler = build_scheduler(optimizer, tcfg, steps_per_epoch * tcfg["epochs"])
+    state = TrainState(net, optimizer, scheduler, resolved)
+
+    def make_loader(epoch: int):
+        dataset.seed = seed * 1000 + epoch  # fresh augmentation each epoch, deterministic
+        return torch.utils.data.DataLoader(dataset, batch_size=tcfg["batch_size"], shuffle=True, drop_last=True,
+                                           generator=epoch_generator(seed, epoch), num_workers=0)
+
+    def step(batch: dict) -> dict:
+        x = batch["image"]
+        if tcfg["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        losses = objective(x, batch)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        scheduler.step()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    fit(state, epochs=tcfg["epochs"], make_loader=make_loader, step=step, state_path=state_path,
+        end_of_epoch=end_of_epoch, desc=desc)
+    final = state.to_dict()
+    final.update(extra or {})
+    final["model"] = net.to(memory_format=torch.contiguous_format).state_dict()
+    save_checkpoint(out, final)
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in state.history]

@@ -18,20 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from wsss import metrics
 from wsss.data.voc import ClassificationDataset
-from wsss.engine.trainer import (
-    TrainState,
-    build_optimizer,
-    build_scheduler,
-    epoch_generator,
-    fit,
-    load_checkpoint,
-    save_checkpoint,
-    seed_everything,
-)
+from wsss.engine.trainer import load_checkpoint, seed_everything, train
 from wsss.io import write_json
 from wsss.losses import classification, mam, rcm
 from wsss.models.cam_net import CAMNet, cams_at_scales, normalize_cam
@@ -112,10 +102,13 @@ class MainNetObjective:
         with torch.no_grad():
             s_cams = [normalize_cam(a) for a in cams_at_scales(self.support, x, c["scales"], flip=False, size=size)]
             target = mam.fuse_multiscale(s_cams, mode=c["fusion"])
+        # MainNet's raw (signed) CAMs, normalised by a detached max: a ReLU would give no gradient exactly where
+        # the body is still negative, and a live max would let MainNet "expand" by lowering its own peak.
         m_cams = []
         for s in c["scales"]:
-            cam = F.relu(out["cam"]) if s == 1.0 else cams_at_scales(self.net, x, [s], flip=False, size=size)[0]
-            m_cams.append(normalize_cam(cam))
+            cam = out["cam"] if s == 1.0 else cams_at_scales(self.net, x, [s], size=size, activation="none")[0]
+            # floored at -1 so that a class whose peak is still ~0 cannot blow the loss up
+            m_cams.append(normalize_cam(cam, detach_max=True).clamp(min=-1.0))
         return mam.mam_loss(
             m_cams,
             target,
@@ -124,6 +117,7 @@ class MainNetObjective:
             gamma=c["gamma"],
             gate_threshold=c["gate_threshold"],
             one_sided=c["one_sided"],
+            suppress_below=c["suppress_below"],
         )
 
 
@@ -155,34 +149,9 @@ def run(
     else:
         variant = "baseline"
     objective = MainNetObjective(net, support, variant, cfg)
-    if tcfg["channels_last"]:
-        net = net.to(memory_format=torch.channels_last)
-        if support is not None:
-            support.to(memory_format=torch.channels_last)
-
+    if support is not None and tcfg["channels_last"]:
+        support.to(memory_format=torch.channels_last)
     ds = ClassificationDataset(data_root, cfg["data"]["train_split"], crop=tcfg["crop"], train=True, seed=cfg["seed"])
-    steps_per_epoch = max(1, len(ds) // tcfg["batch_size"])
-    optimizer = build_optimizer(net.parameters(), tcfg)
-    scheduler = build_scheduler(optimizer, tcfg, steps_per_epoch * tcfg["epochs"])
-    resolved = {"net": net_name, "section": section, "backbone": backbone_cfg, "seed": cfg["seed"], "data": cfg["data"]}
-    state = TrainState(net, optimizer, scheduler, resolved)
-
-    def make_loader(epoch: int):
-        ds.seed = cfg["seed"] * 1000 + epoch  # fresh augmentation each epoch, deterministic
-        return DataLoader(ds, batch_size=tcfg["batch_size"], shuffle=True, drop_last=True,
-                          generator=epoch_generator(cfg["seed"], epoch), num_workers=0)
-
-    def step(batch: dict) -> dict:
-        x = batch["image"]
-        if tcfg["channels_last"]:
-            x = x.contiguous(memory_format=torch.channels_last)
-        losses = objective(x, batch["label"])
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
-        scheduler.step()
-        return {k: float(v.detach()) for k, v in losses.items()}
-
     eval_every = max(1, tcfg["epochs"] // 4)
 
     def end_of_epoch(epoch: int) -> dict:
@@ -190,14 +159,13 @@ def run(
             return {"val_map": evaluate_map(net, data_root, cfg["data"]["val_split"])}
         return {}
 
-    fit(state, epochs=tcfg["epochs"], make_loader=make_loader, step=step, state_path=state_path,
-        end_of_epoch=end_of_epoch, desc=net_name)
-
-    final = dict(state.to_dict())
-    final["backbone"] = backbone_cfg
-    final["model"] = net.to(memory_format=torch.contiguous_format).state_dict()
-    save_checkpoint(out, final)
-    history = [{k: v for k, v in h.items() if k != "seconds"} for h in state.history]
+    history = train(
+        net, ds, tcfg, seed=cfg["seed"], state_path=state_path, out=out, desc=net_name,
+        resolved={"net": net_name, "section": section, "backbone": backbone_cfg, "seed": cfg["seed"],
+                  "data": cfg["data"]},
+        objective=lambda x, batch: objective(x, batch["label"]),
+        end_of_epoch=end_of_epoch, extra={"backbone": backbone_cfg},
+    )
     last_map = next((h["val_map"] for h in reversed(history) if "val_map" in h), None)
     write_json(metrics_out, {"net": net_name, "variant": variant, "history": history,
                              "final": {"val_map": last_map, "epochs": tcfg["epochs"]}})

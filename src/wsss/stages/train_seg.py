@@ -6,19 +6,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from wsss.data.voc import SegmentationDataset
-from wsss.engine.trainer import (
-    TrainState,
-    build_optimizer,
-    build_scheduler,
-    epoch_generator,
-    fit,
-    load_checkpoint,
-    save_checkpoint,
-    seed_everything,
-)
+from wsss.engine.trainer import load_checkpoint, seed_everything, train
 from wsss.io import write_json
 from wsss.models.deeplab import build_segmenter
 
@@ -56,38 +46,17 @@ def run(cfg: dict, *, source: str, data_root: Path, label_dir: Path | None, out:
     net = build_net(scfg)
     if scfg["init_from_supportnet"] and scfg["model"] == "deeplabv3_small":
         init_from_supportnet(net, support_ckpt)
-    if tcfg["channels_last"]:
-        net = net.to(memory_format=torch.channels_last)
     ds = SegmentationDataset(data_root, cfg["data"]["train_split"], crop=tcfg["crop"], train=True,
                              label_dir=label_dir, seed=cfg["seed"])
-    steps = max(1, len(ds) // tcfg["batch_size"]) * tcfg["epochs"]
-    optimizer = build_optimizer(net.parameters(), tcfg)
-    scheduler = build_scheduler(optimizer, tcfg, steps)
-    resolved = {"segment": scfg, "source": source, "seed": cfg["seed"], "data": cfg["data"],
-                "labels": str(label_dir) if label_dir else "ground truth"}
-    state = TrainState(net, optimizer, scheduler, resolved)
+    labels = str(label_dir) if label_dir else "ground truth"
 
-    def make_loader(epoch: int):
-        ds.seed = cfg["seed"] * 1000 + epoch
-        return DataLoader(ds, batch_size=tcfg["batch_size"], shuffle=True, drop_last=True,
-                          generator=epoch_generator(cfg["seed"], epoch), num_workers=0)
+    def objective(x: torch.Tensor, batch: dict) -> dict:
+        return {"loss": F.cross_entropy(net(x), batch["label"], ignore_index=255)}
 
-    def step(batch: dict) -> dict:
-        x = batch["image"]
-        if tcfg["channels_last"]:
-            x = x.contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(net(x), batch["label"], ignore_index=255)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        return {"loss": float(loss.detach())}
-
-    fit(state, epochs=tcfg["epochs"], make_loader=make_loader, step=step, state_path=state_path,
-        desc=f"deeplab_{source}")
-    final = state.to_dict()
-    final["model"] = net.to(memory_format=torch.contiguous_format).state_dict()
-    save_checkpoint(out, final)
-    history = [{k: v for k, v in h.items() if k != "seconds"} for h in state.history]
-    write_json(metrics_out, {"source": source, "history": history, "train_labels": resolved["labels"]})
+    history = train(
+        net, ds, tcfg, seed=cfg["seed"], state_path=state_path, out=out, desc=f"deeplab_{source}",
+        resolved={"segment": scfg, "source": source, "seed": cfg["seed"], "data": cfg["data"], "labels": labels},
+        objective=objective,
+    )
+    write_json(metrics_out, {"source": source, "history": history, "train_labels": labels})
     write_json(plot_out, history)

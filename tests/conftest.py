@@ -1,0 +1,47 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+torch.set_num_threads(1)
+
+
+def env_with_venv() -> dict:
+    """Environment whose PATH finds the venv's `wsss`, `snakemake` and `dvc` first."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("WSSS_SCHEMA", str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    return env
+
+
+def copy_workflow(dst: Path) -> Path:
+    """A throw-away copy of what a pipeline run needs (Snakefile, workflow/, config/, src/stages for DVC deps)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "Snakefile", dst / "Snakefile")
+    shutil.copy(REPO / ".dvcignore", dst / ".dvcignore")
+    for d in ("workflow", "config"):
+        shutil.copytree(REPO / d, dst / d)
+    shutil.copytree(REPO / "src", dst / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    return dst
+
+
+def run(cmd, cwd, check=True, timeout=900) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, cwd=cwd, env=env_with_venv(), capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The smoke DAG run once by Snakemake in a temporary copy of the workflow; shared by the e2e tests."""
+    work = copy_workflow(tmp_path_factory.mktemp("smoke"))
+    run([BIN / "snakemake", "--cores", "2", "--configfile", "config/smoke.yaml"], cwd=work)
+    return work

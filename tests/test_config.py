@@ -1,0 +1,112 @@
+"""The one config schema: complete, strict, shared by Snakemake and the CLI."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wsss import config
+from wsss.data import synthetic
+from wsss.io import WsssInputError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _walk(schema, root, path="config"):
+    schema = config._resolve_ref(schema, root)
+    for key, sub in schema.get("properties", {}).items():
+        sub = config._resolve_ref(sub, root)
+        yield f"{path}.{key}", sub
+        yield from _walk(sub, root, f"{path}.{key}")
+
+
+def test_every_key_has_a_description_and_a_default():
+    schema = config.load_schema()
+    keys = list(_walk(schema, schema))
+    assert len(keys) > 80
+    missing = [k for k, s in keys if not s.get("description") or "default" not in s]
+    assert missing == []
+
+
+def test_every_object_rejects_unknown_keys():
+    schema = config.load_schema()
+    objects = [k for k, s in _walk(schema, schema) if s.get("type") == "object"]
+    assert objects and all(
+        config._resolve_ref(s, schema).get("additionalProperties") is False
+        for k, s in _walk(schema, schema) if s.get("type") == "object"
+    )
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml"])
+def test_shipped_configs_are_valid(name):
+    cfg = config.load(REPO / "config" / name)
+    assert cfg["mainnet"]["final_variant"] in cfg["mainnet"]["variants"]
+
+
+def test_defaults_fill_nested_sections():
+    cfg = config.validate({})
+    assert cfg["mainnet"]["rcm"]["temperature"] == 0.1
+    assert cfg["segment"]["train"]["epochs"] >= 1
+    assert cfg["data"]["synthetic"]["n_train"] > 0
+
+
+def test_synthetic_section_mirrors_the_generator_spec():
+    schema = config.load_schema()
+    props = schema["properties"]["data"]["properties"]["synthetic"]["properties"]
+    assert set(props) == set(synthetic.DEFAULT_SPEC)
+    assert {k: v["default"] for k, v in props.items()} == synthetic.DEFAULT_SPEC
+
+
+@pytest.mark.parametrize(
+    "bad, key",
+    [
+        ({"supportnet": {"trian": {}}}, "supportnet.trian"),
+        ({"mainnet": {"rcm": {"temperature": "hot"}}}, "mainnet.rcm.temperature"),
+        ({"segment": {"train": {"lr": -0.1}}}, "segment.train.lr"),
+        ({"cams": {"scales": []}}, "cams.scales"),
+        ({"mainnet": {"variants": ["baseline"], "final_variant": "rcm_mam"}}, "mainnet.final_variant"),
+        ({"refine": {"crf_nets": ["mainnet_rcm"]}, "mainnet": {"variants": ["baseline"], "final_variant": "baseline"}},
+         "refine.crf_nets"),
+    ],
+)
+def test_bad_values_fail_naming_the_key(bad, key):
+    with pytest.raises(WsssInputError, match=key.replace(".", r"\.")):
+        config.validate(bad, source="x.yaml")
+
+
+def test_load_names_the_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("seed: -1\n")
+    with pytest.raises(WsssInputError, match=r"c\.yaml.*seed"):
+        config.load(p)
+    with pytest.raises(WsssInputError, match="not found"):
+        config.load(tmp_path / "missing.yaml")
+
+
+def test_snakemake_validate_uses_the_same_schema():
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    schema_path = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
+    good = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    validate(copy.deepcopy(good), schema_path)
+    bad = copy.deepcopy(good)
+    bad["supportnet"]["train"]["lr"] = -1
+    with pytest.raises(WorkflowError):
+        validate(bad, schema_path)
+
+
+@settings(max_examples=40, deadline=None)
+@given(lr=st.floats(allow_nan=False, allow_infinity=False, min_value=-10, max_value=10),
+       epochs=st.integers(min_value=-3, max_value=50))
+def test_validation_accepts_exactly_the_legal_values(lr, epochs):
+    raw = {"supportnet": {"train": {"lr": lr, "epochs": epochs}}}
+    legal = lr > 0 and epochs >= 1
+    if legal:
+        assert config.validate(raw)["supportnet"]["train"]["lr"] == lr
+    else:
+        with pytest.raises(WsssInputError, match="supportnet.train"):
+            config.validate(raw)

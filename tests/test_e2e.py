@@ -1,0 +1,105 @@
+"""End to end: the smoke DAG through Snakemake, then the re-run and invalidation properties of the DAG."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import BIN, run
+
+pytestmark = pytest.mark.e2e
+
+NETS = ["supportnet", "mainnet_baseline", "mainnet_rcm", "mainnet_mam", "mainnet_rcm_mam"]
+CRF_NETS = ["supportnet", "mainnet_baseline", "mainnet_rcm_mam"]
+
+
+def _json(p: Path):
+    return json.loads(p.read_text())
+
+
+def test_every_output_and_metric(smoke_run):
+    exp = smoke_run / "results" / "smoke"
+    ids = (exp / "data/VOC2012/ImageSets/Segmentation/train.txt").read_text().split()
+    val_ids = (exp / "data/VOC2012/ImageSets/Segmentation/val.txt").read_text().split()
+    assert len(ids) == 24 and len(val_ids) == 12
+    for net in NETS:
+        ck = __import__("torch").load(exp / f"models/{net}/checkpoint.pt", weights_only=False)
+        assert {"model", "optimizer", "scheduler", "epoch", "rng", "config"} <= set(ck)
+        m = _json(exp / f"metrics/cam_{net}.json")
+        assert 0 <= m["miou"] <= 1 and m["best_threshold"] in (0.1, 0.2, 0.3)
+        assert max(c["miou"] for c in m["curve"]) == pytest.approx(m["miou"])
+        assert 0 <= m["part_recall"] <= 1 and 0 <= m["body_recall"] <= 1
+        assert m["protocol"]["split"] == "train"
+        cams = sorted((exp / f"cams/{net}").glob("*.npz"))
+        assert [c.stem for c in cams] == sorted(ids)
+        z = np.load(cams[0])
+        img = Image.open(exp / f"data/VOC2012/JPEGImages/{cams[0].stem}.jpg")
+        assert z["cam"].dtype == np.float16 and z["cam"].shape[1:] == (img.height, img.width)
+        assert z["cam"].max() <= 1.0 + 1e-3
+        hist = _json(exp / f"metrics/train_{net}.json")["history"]
+        assert hist and all(np.isfinite(h["loss"]) for h in hist)
+    for net in CRF_NETS:
+        m = _json(exp / f"metrics/pseudo_{net}_crf.json")
+        assert 0 <= m["miou"] <= 1
+        pngs = sorted((exp / f"pseudo/{net}_crf").glob("*.png"))
+        assert len(pngs) == len(ids)
+        assert Image.open(pngs[0]).mode == "P"
+    for src in ("pseudo", "gt"):
+        m = _json(exp / f"metrics/seg_{src}.json")
+        assert 0 <= m["miou"] <= 1 and 0 <= m["miou_crf"] <= 1
+        assert len(list((exp / f"seg/{src}/val").glob("*.png"))) == 2
+    rep = exp / "report"
+    html = (rep / "index.html").read_text()
+    assert "http://" not in html.replace("http://www.w3.org", "") and "data:image/png;base64" in html
+    csv = (rep / "tables.csv").read_text()
+    # a number in the report is the number in the metric file
+    assert f"{_json(exp / 'metrics/cam_supportnet.json')['miou']:.6f}"[:6] in csv
+    for fig in ("threshold_curves", "training_curves", "qualitative_train", "qualitative_val", "synthetic_samples"):
+        assert (rep / "figures" / f"{fig}.png").is_file()
+    # no temporary leftovers of the atomic writers
+    assert not [p for p in exp.rglob("*") if ".tmp" in p.name]
+
+
+def _dry_run_jobs(work: Path, *extra) -> dict:
+    p = run([BIN / "snakemake", "-n", "--cores", "2", "--configfile", "config/smoke.yaml", *extra], cwd=work)
+    out = p.stdout + p.stderr
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:")[1].split("Reasons:")[0] if "Job stats:" in out else ""
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+
+
+def test_rerun_with_nothing_changed_runs_no_job(smoke_run):
+    assert _dry_run_jobs(smoke_run) == {}
+
+
+def test_changing_a_crf_parameter_reruns_only_refinement_and_after(smoke_run):
+    cfg_path = smoke_run / "config/smoke.yaml"
+    original = cfg_path.read_text()
+    try:
+        cfg = yaml.safe_load(original)
+        cfg["refine"]["crf"]["n_iter"] = 3
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        jobs = _dry_run_jobs(smoke_run)
+    finally:
+        cfg_path.write_text(original)
+    assert jobs == {"crf": 3, "train_seg": 1, "eval_seg": 1, "report": 1, "all": 1}
+
+
+def test_command_line_overrides_are_refused(smoke_run):
+    p = run([BIN / "snakemake", "-n", "--configfile", "config/smoke.yaml", "--config", "seed=3"],
+            cwd=smoke_run, check=False)
+    assert p.returncode != 0
+    assert "--config do not reach the stages" in p.stdout + p.stderr
+
+
+def test_snakemake_report_embeds_ours(smoke_run):
+    run([BIN / "snakemake", "--configfile", "config/smoke.yaml", "--report", "sm_report.zip"], cwd=smoke_run)
+    import zipfile
+
+    names = zipfile.ZipFile(smoke_run / "sm_report.zip").namelist()
+    assert any(n.endswith("index.html") for n in names)

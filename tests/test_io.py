@@ -1,0 +1,52 @@
+"""Atomic writers leave either the complete file/folder or nothing; readers name the bad file."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wsss import io
+
+
+def test_atomic_path_keeps_nothing_on_failure(tmp_path):
+    target = tmp_path / "m.json"
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("disk full")
+    assert list(tmp_path.iterdir()) == []
+    io.write_json(target, {"a": 1})
+    assert io.read_json(target) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "cams"
+    with io.atomic_dir(out) as tmp:
+        (tmp / "a.npz").write_text("1")
+    assert [p.name for p in out.iterdir()] == ["a.npz"]
+    with pytest.raises(ValueError):
+        with io.atomic_dir(out) as tmp:
+            (tmp / "b.npz").write_text("2")
+            raise ValueError("killed")
+    assert [p.name for p in out.iterdir()] == ["a.npz"]  # the old complete folder survives
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cams"]
+
+
+def test_label_png_round_trip_and_palette(tmp_path):
+    lab = np.array([[0, 1, 255], [20, 3, 0]], dtype=np.uint8)
+    io.write_label_png(tmp_path / "x.png", lab)
+    im = Image.open(tmp_path / "x.png")
+    assert im.mode == "P" and im.getpalette()[3:6] == [128, 0, 0]  # VOC colour of class 1
+    assert np.array_equal(io.read_label_png(tmp_path / "x.png"), lab)
+
+
+def test_bad_inputs_name_the_file(tmp_path):
+    io.write_label_png(tmp_path / "bad.png", np.array([[0, 21]], dtype=np.uint8))
+    with pytest.raises(io.WsssInputError, match=r"bad\.png.*21"):
+        io.read_label_png(tmp_path / "bad.png")
+    (tmp_path / "c.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(io.WsssInputError, match=r"c\.jpg.*corrupt"):
+        io.read_image(tmp_path / "c.jpg")
+    (tmp_path / "z.npz").write_bytes(b"PK garbage")
+    with pytest.raises(io.WsssInputError, match=r"z\.npz"):
+        io.load_npz(tmp_path / "z.npz")
