@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import re
 import sys
@@ -87,7 +88,7 @@ def job_stage(job, configfile: str, raw_config: dict) -> tuple[str, dict]:
     stage: dict = {"cmd": cmd, "deps": deps}
     cfg_param = job.params.get("cfg") if hasattr(job.params, "get") else None
     if cfg_param:
-        stage["params"] = [{configfile: _param_keys(cfg_param.keys(), raw_config)}]
+        stage["params"] = [{configfile: _param_keys(json.loads(cfg_param).keys(), raw_config)}]
     outs, metrics, plots = [], [], []
     for f in map(str, job.output):
         if "/metrics/" in f and f.endswith(".json"):

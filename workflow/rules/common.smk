@@ -1,4 +1,5 @@
 # Validation and the one place that builds every path.
+import json
 import os
 import sys
 from pathlib import Path
@@ -47,8 +48,14 @@ def R(path):
 
 def P(*keys):
     """The config values a stage reads, as a rule param: Snakemake re-runs the job when they change, and the
-    dvc.yaml generator lists the same dotted keys as the DVC stage's params."""
-    return {k: wconfig.get(CFG, k) for k in keys}
+    dvc.yaml generator lists the same dotted keys as the DVC stage's params. Canonical JSON (sorted keys), so
+    reordering or reformatting the config file changes nothing."""
+    return json.dumps({k: wconfig.get(CFG, k) for k in keys}, sort_keys=True)
+
+
+# Jobs that parallelise over images (CRF, evaluation) take every core Snakemake was given (--cores); 1 when
+# no core count is known (e.g. `snakemake --report`). Profiles may override with set-threads.
+ALL_CORES = workflow._cores or 1
 
 
 def WSSS(stage):

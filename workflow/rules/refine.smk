@@ -13,7 +13,7 @@ rule crf:
         split=CFG["data"]["cam_split"],
     log:
         R("logs/crf_{net}.log"),
-    threads: workflow.cores
+    threads: ALL_CORES
     shell:
         WSSS("crf") + " --net {wildcards.net} --cams {input.cams} --data {input.data} --split {params.split}"
         " --out {output.pseudo} --metrics {output.metrics}"

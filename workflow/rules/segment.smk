@@ -43,7 +43,7 @@ rule eval_seg:
         split=CFG["data"]["val_split"],
     log:
         R("logs/eval_seg_{source}.log"),
-    threads: workflow.cores
+    threads: ALL_CORES
     shell:
         WSSS("eval-seg") + " --source {wildcards.source} --checkpoint {input.ckpt} --data {input.data}"
         " --split {params.split} --out {output.metrics} --pred-dir {output.pred}"

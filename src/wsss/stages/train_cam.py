@@ -152,7 +152,7 @@ def run(
     if support is not None and tcfg["channels_last"]:
         support.to(memory_format=torch.channels_last)
     ds = ClassificationDataset(data_root, cfg["data"]["train_split"], crop=tcfg["crop"], train=True, seed=cfg["seed"])
-    eval_every = max(1, tcfg["epochs"] // 4)
+    eval_every = max(2, tcfg["epochs"] // 3)  # val mAP a few times per run (and at the end)
 
     def end_of_epoch(epoch: int) -> dict:
         if (epoch + 1) % eval_every == 0 or epoch + 1 == tcfg["epochs"]:
