@@ -1,0 +1,296 @@
+"""Build the pipeline's dataset folder from an extracted PASCAL VOC 2012 (and optionally SBD).
+
+Output ``out_root`` (read by every later stage, like the synthetic dataset):
+
+* ``JPEGImages``, ``SegmentationClass``: links to the extracted VOC folders (symlink; per-file hard links or
+  copies where symlinks fail);
+* ``SegmentationClassAug/<id>.png``: SBD ``cls/*.mat`` converted to VOC palette PNGs, then the VOC
+  ``SegmentationClass`` masks copied over them: **VOC takes precedence** where both exist (VOC masks carry the
+  255 border, SBD's do not);
+* ``ImageSets/Segmentation/{train,val,train_aug}.txt`` with
+  ``train_aug = (SBD train ∪ SBD val ∪ VOC train) − VOC val`` (10,582 ids in the real data; train 1,464,
+  val 1,449; irn:voc12/*.txt, peers.md §1.3);
+* ``labels.json`` = {id: [VOC class ids 1..20]} from the XML annotations (``<object><name>``, ``difficult`` and
+  ``truncated`` objects included: irn:voc12/make_cls_labels.py), for train_aug ∪ val ∪ train;
+* ``label_disagreements.json``: ids whose XML classes differ from the classes in their mask, never dropped;
+* ``prepare_report.json``: counts, conventions, sources.
+
+The folder is written atomically (temporary sibling renamed into place).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from wsss.data.sbd import convert_into, read_sbd_split, sbd_dataset_dir
+from wsss.data.voc import NUM_FG, VOC_CLASSES, labels_from_mask
+from wsss.io import WsssInputError, atomic_dir, read_label_png, write_json, write_text
+
+PathLike = str | os.PathLike
+
+EXPECTED_COUNTS = {"train": 1464, "val": 1449, "train_aug": 10582}
+CLASS_TO_ID = {name: i for i, name in enumerate(VOC_CLASSES) if i > 0}
+LABEL_CONVENTION = (
+    "XML <object><name> of Annotations/<id>.xml mapped to VOC ids 1..20; objects marked difficult or truncated "
+    "are included (as irn:voc12/make_cls_labels.py builds cls_labels.npy)"
+)
+MASK_PRECEDENCE = (
+    "SegmentationClassAug holds SBD GTcls.Segmentation converted to PNG, overwritten by VOC SegmentationClass "
+    "where VOC has a mask (VOC takes precedence)"
+)
+_VOC_DIRS = ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation")
+
+
+# --------------------------------------------------------------------------------------- VOC root
+
+
+def from_existing(voc_root: PathLike) -> Path:
+    """Validate an already-extracted VOC 2012 and return its ``VOC2012`` folder (used as is, no download).
+
+    ``voc_root`` may be the ``VOC2012`` folder itself, ``VOCdevkit``, or the folder holding ``VOCdevkit``.
+    """
+    root = Path(voc_root)
+    cands = [root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"]
+    voc = next((c for c in cands if (c / "JPEGImages").is_dir()), None)
+    if voc is None:
+        raise WsssInputError(
+            f"{root}: no VOC 2012 found (looked for JPEGImages/ in {', '.join(str(c) for c in cands)}); set the "
+            "VOC root to the extracted VOCdevkit/VOC2012 of VOCtrainval_11-May-2012.tar"
+        )
+    missing = [d for d in _VOC_DIRS if not (voc / d).is_dir()]
+    if missing:
+        raise WsssInputError(
+            f"{voc}: incomplete VOC 2012, missing folders {missing}; re-extract VOCtrainval_11-May-2012.tar"
+        )
+    if not any((voc / "JPEGImages").iterdir()):
+        raise WsssInputError(f"{voc / 'JPEGImages'}: empty; re-extract VOCtrainval_11-May-2012.tar")
+    for split in ("train", "val"):
+        _read_list(voc / "ImageSets" / "Segmentation" / f"{split}.txt")
+    return voc
+
+
+def _read_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise WsssInputError(f"{path}: split list not found; re-extract the archive it comes from")
+    ids = [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not ids:
+        raise WsssInputError(f"{path}: empty split list; re-extract the archive it comes from")
+    return ids
+
+
+# ------------------------------------------------------------------------------------------ labels
+
+
+def read_xml_classes(path: PathLike) -> dict[str, Any]:
+    """Classes of one VOC annotation: ``{"classes": [ids], "difficult_only": [ids], "unknown": [names]}``.
+
+    Only ``<object><name>`` counts (person-layout ``<part><name>`` entries are not objects).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WsssInputError(f"{path}: annotation not found; re-extract VOCtrainval_11-May-2012.tar")
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as e:
+        raise WsssInputError(f"{path}: malformed XML ({e}); re-extract VOCtrainval_11-May-2012.tar") from e
+    classes: set[int] = set()
+    easy: set[int] = set()
+    unknown: list[str] = []
+    for obj in root.findall("object"):
+        name = (obj.findtext("name") or "").strip()
+        cid = CLASS_TO_ID.get(name)
+        if cid is None:
+            unknown.append(name)
+            continue
+        classes.add(cid)
+        if (obj.findtext("difficult") or "0").strip() != "1":
+            easy.add(cid)
+    return {"classes": sorted(classes), "difficult_only": sorted(classes - easy), "unknown": unknown}
+
+
+# ------------------------------------------------------------------------------------------ linking
+
+
+def _link_tree(src: Path, dst: Path, mode: str) -> str:
+    """Make ``dst`` show ``src``: a relative symlink, else per-file hard links, else copies. Returns the mode used."""
+    if mode == "symlink":
+        try:
+            os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), dst, target_is_directory=True)
+            return "symlink"
+        except OSError:
+            mode = "hardlink"
+    dst.mkdir()
+    used = mode
+    for f in sorted(src.iterdir()):
+        if not f.is_file():
+            continue
+        used = _link_file(f, dst / f.name, used)
+    return used
+
+
+def _link_file(src: Path, dst: Path, mode: str) -> str:
+    if mode == "hardlink":
+        try:
+            os.link(src, dst)
+            return "hardlink"
+        except OSError:
+            mode = "copy"
+    shutil.copy2(src, dst)
+    return mode
+
+
+# ------------------------------------------------------------------------------------------ prepare
+
+
+def _check_counts(counts: dict[str, int]) -> None:
+    bad = [f"{s}: {counts[s]} ids, expected {n}" for s, n in EXPECTED_COUNTS.items() if s in counts and counts[s] != n]
+    if bad:
+        raise WsssInputError(
+            "split sizes differ from the real PASCAL VOC 2012 + SBD ("
+            + "; ".join(bad)
+            + "). The archives are incomplete or not the published ones: re-fetch VOCtrainval_11-May-2012.tar and "
+            "benchmark.tgz (md5-checked), or set expect_counts false for a custom subset"
+        )
+
+
+def _missing(paths: list[Path], what: str, hint: str) -> None:
+    absent = [str(p) for p in paths if not p.is_file()]
+    if absent:
+        shown = "\n  ".join(absent[:5])
+        raise WsssInputError(f"{len(absent)} {what} missing, first:\n  {shown}\n{hint}")
+
+
+def prepare_voc(
+    voc_root: PathLike,
+    sbd_root: PathLike | None,
+    out_root: PathLike,
+    *,
+    expect_counts: bool = False,
+    cross_check: bool = True,
+    link_mode: str = "symlink",
+) -> dict[str, Any]:
+    """Build ``out_root`` (see the module docstring) and return the report also written to ``prepare_report.json``.
+
+    ``sbd_root`` is the extracted ``benchmark_RELEASE`` (or its ``dataset``); ``None`` gives train/val only
+    (no train_aug, no SegmentationClassAug). ``expect_counts`` checks 1,464 / 1,449 / 10,582.
+    ``cross_check`` compares XML classes with mask classes. ``link_mode``: symlink | hardlink | copy.
+    """
+    if link_mode not in ("symlink", "hardlink", "copy"):
+        raise WsssInputError(f"link_mode {link_mode!r}: use symlink, hardlink or copy")
+    voc = from_existing(voc_root)
+    seg_lists = voc / "ImageSets" / "Segmentation"
+    train, val = _read_list(seg_lists / "train.txt"), _read_list(seg_lists / "val.txt")
+    overlap = sorted(set(train) & set(val))
+    if overlap:
+        raise WsssInputError(
+            f"{seg_lists}: train and val share {len(overlap)} ids (first {overlap[:5]}); re-extract VOC"
+        )
+    splits: dict[str, list[str]] = {"train": train, "val": val}
+    sbd_counts: dict[str, int] = {}
+    sbd_ids: list[str] = []
+    if sbd_root is not None:
+        sbd_train, sbd_val = read_sbd_split(sbd_root, "train"), read_sbd_split(sbd_root, "val")
+        sbd_counts = {"sbd_train": len(set(sbd_train)), "sbd_val": len(set(sbd_val))}
+        sbd_ids = sorted(set(sbd_train) | set(sbd_val))
+        splits["train_aug"] = sorted((set(sbd_train) | set(sbd_val) | set(train)) - set(val))
+    counts = {s: len(ids) for s, ids in splits.items()}
+    if expect_counts:
+        _check_counts(counts)
+
+    all_ids = sorted(set().union(*splits.values()))
+    _missing([voc / "JPEGImages" / f"{i}.jpg" for i in all_ids], "JPEG images", f"re-extract VOC into {voc}")
+    _missing([voc / "Annotations" / f"{i}.xml" for i in all_ids], "XML annotations", f"re-extract VOC into {voc}")
+    _missing([voc / "SegmentationClass" / f"{i}.png" for i in train + val], "VOC masks", f"re-extract VOC into {voc}")
+
+    labels: dict[str, list[int]] = {}
+    unknown: dict[str, list[str]] = {}
+    difficult_only = 0
+    for i in all_ids:
+        info = read_xml_classes(voc / "Annotations" / f"{i}.xml")
+        labels[i] = info["classes"]
+        difficult_only += len(info["difficult_only"])
+        if info["unknown"]:
+            unknown[i] = info["unknown"]
+    no_label = sorted(i for i, c in labels.items() if not c)
+
+    out_root = Path(out_root)
+    with atomic_dir(out_root) as tmp:
+        modes = {
+            "JPEGImages": _link_tree(voc / "JPEGImages", tmp / "JPEGImages", link_mode),
+            "SegmentationClass": _link_tree(voc / "SegmentationClass", tmp / "SegmentationClass", link_mode),
+        }
+        n_sbd = n_voc_aug = 0
+        aug = tmp / "SegmentationClassAug"
+        if sbd_root is not None:
+            aug.mkdir()
+            n_sbd = convert_into(sbd_root, aug, sbd_ids)
+            file_mode = "copy" if link_mode == "copy" else "hardlink"
+            for f in sorted((voc / "SegmentationClass").glob("*.png")):
+                (aug / f.name).unlink(missing_ok=True)
+                _link_file(f, aug / f.name, file_mode)
+                n_voc_aug += 1
+            missing_aug = [i for i in splits["train_aug"] if not (aug / f"{i}.png").is_file()]
+            if missing_aug:
+                raise WsssInputError(
+                    f"{len(missing_aug)} train_aug ids have no mask in SBD cls/ nor VOC SegmentationClass "
+                    f"(first {missing_aug[:5]}); re-extract benchmark.tgz"
+                )
+
+        disagreements: list[dict[str, Any]] = []
+        n_checked = 0
+        if cross_check:
+            for i in all_ids:
+                mpath, source = voc / "SegmentationClass" / f"{i}.png", "SegmentationClass"
+                if not mpath.is_file():
+                    mpath, source = aug / f"{i}.png", "SegmentationClassAug (SBD)"
+                if not mpath.is_file():
+                    continue
+                n_checked += 1
+                mask_classes = labels_from_mask(read_label_png(mpath))
+                if mask_classes != labels[i]:
+                    xml_set, mask_set = set(labels[i]), set(mask_classes)
+                    disagreements.append({
+                        "id": i, "xml": labels[i], "mask": mask_classes, "mask_source": source,
+                        "xml_only": sorted(xml_set - mask_set), "mask_only": sorted(mask_set - xml_set),
+                    })
+
+        for split, ids in splits.items():
+            write_text(tmp / "ImageSets" / "Segmentation" / f"{split}.txt", "".join(f"{i}\n" for i in ids))
+        write_json(tmp / "labels.json", labels)
+        write_json(tmp / "label_disagreements.json", disagreements)
+        report: dict[str, Any] = {
+            "source": "voc2012" + ("+sbd" if sbd_root is not None else ""),
+            "voc_root": str(voc.resolve()),
+            "sbd_root": str(sbd_dataset_dir(sbd_root).resolve()) if sbd_root is not None else None,
+            "counts": {**counts, **sbd_counts, "labelled_images": len(labels)},
+            "expected_counts": dict(EXPECTED_COUNTS),
+            "counts_checked": bool(expect_counts),
+            "train_aug_rule": "(SBD train ∪ SBD val ∪ VOC train) − VOC val" if sbd_root is not None else None,
+            "label_source": "xml",
+            "label_convention": LABEL_CONVENTION,
+            "num_classes_fg": NUM_FG,
+            "difficult_only_image_classes": difficult_only,
+            "images_without_labels": no_label,
+            "unknown_object_names": unknown,
+            "mask_precedence": MASK_PRECEDENCE if sbd_root is not None else None,
+            "segmentation_class_aug": {
+                "from_sbd": n_sbd,
+                "from_voc": n_voc_aug,
+                "files": len(list(aug.glob("*.png"))) if aug.is_dir() else 0,
+            },
+            "link_mode": modes,
+            "cross_check": {
+                "done": bool(cross_check),
+                "images_checked": n_checked,
+                "disagreements": len(disagreements),
+                "file": "label_disagreements.json",
+                "rule": "sorted foreground classes of the mask (SegmentationClass, else SegmentationClassAug) "
+                "vs the XML classes; labels.json keeps the XML classes",
+            },
+        }
+        write_json(tmp / "prepare_report.json", report)
+    return report
