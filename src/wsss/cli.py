@@ -45,6 +45,19 @@ def cmd_make_data(a, cfg):
     make_data.run(cfg, out_root=Path(a.out), metrics_out=Path(a.metrics))
 
 
+def cmd_download(a, cfg):
+    from wsss.stages import prepare_data
+
+    prepare_data.run_download(cfg, archive=a.archive, out_dir=Path(a.out))
+
+
+def cmd_prepare_voc(a, cfg):
+    from wsss.stages import prepare_data
+
+    prepare_data.run_prepare(cfg, voc_root=Path(a.voc), sbd_root=_p(a.sbd), out_root=Path(a.out),
+                             metrics_out=Path(a.metrics))
+
+
 def cmd_train_cam(a, cfg):
     from wsss.stages import train_cam
 
@@ -69,7 +82,7 @@ def cmd_crf(a, cfg):
     from wsss.stages import refine_crf
 
     refine_crf.run(cfg, net_name=a.net, cams_dir=Path(a.cams), data_root=Path(a.data), split=a.split,
-                   out_dir=Path(a.out), metrics_out=Path(a.metrics), threads=a.threads)
+                   eval_split=a.eval_split, out_dir=Path(a.out), metrics_out=Path(a.metrics), threads=a.threads)
 
 
 def cmd_train_seg(a, cfg):
@@ -114,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = stage("make-data", cmd_make_data, "generate the embedded synthetic VOC benchmark")
     s.add_argument("--out", required=True)
     s.add_argument("--metrics", required=True)
+    s = stage("download", cmd_download, "fetch (resume, mirrors, checksum) and extract a VOC/SBD archive")
+    s.add_argument("--archive", required=True, choices=["voc2012_trainval", "sbd"])
+    s.add_argument("--out", required=True, help="folder the archive is extracted into")
+    s = stage("prepare-voc", cmd_prepare_voc, "splits, XML labels and SBD masks in the VOC layout")
+    s.add_argument("--voc", required=True, help="extracted VOCdevkit/VOC2012 (or a folder above it)")
+    s.add_argument("--sbd", help="extracted SBD benchmark_RELEASE (voc_sbd)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--metrics", required=True)
     s = stage("train-cam", cmd_train_cam, "train SupportNet or a MainNet variant")
     s.add_argument("--net", required=True, help="supportnet | mainnet_<variant>")
     s.add_argument("--data", required=True)
@@ -138,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--net", required=True)
     s.add_argument("--cams", required=True)
     s.add_argument("--data", required=True)
-    s.add_argument("--split", required=True)
+    s.add_argument("--split", required=True, help="images to label (the segmentation training split)")
+    s.add_argument("--eval-split", required=True, help="images whose GT scores the pseudo labels (cam_split)")
     s.add_argument("--out", required=True)
     s.add_argument("--metrics", required=True)
     s = stage("train-seg", cmd_train_seg, "train DeepLab on pseudo labels or GT")

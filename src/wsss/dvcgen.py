@@ -35,7 +35,7 @@ def _stage_module(cmd: str) -> str | None:
     if not m:
         return None
     module = {
-        "make-data": "make_data", "train-cam": "train_cam", "extract-cams": "extract_cams",
+        "make-data": "make_data", "download": "prepare_data", "prepare-voc": "prepare_data", "train-cam": "train_cam", "extract-cams": "extract_cams",
         "eval-cams": "eval_cams", "crf": "refine_crf", "train-seg": "train_seg", "eval-seg": "eval_seg",
         "report": "report",
     }.get(m.group(1))

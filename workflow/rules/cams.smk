@@ -1,4 +1,5 @@
-# Stage 2: multi-scale + flip CAMs of every network on cam_split, and their quality (threshold sweep).
+# Stage 2: multi-scale + flip CAMs of every network on train_split (which holds cam_split), and their quality on
+# cam_split against the ground truth (threshold sweep).
 
 
 rule extract_cams:
@@ -8,8 +9,8 @@ rule extract_cams:
     output:
         cams=directory(R("cams/{net}")),
     params:
-        cfg=P("data.cam_split", "cams.scales", "cams.flip"),
-        split=CFG["data"]["cam_split"],
+        cfg=P("data.train_split", "cams.scales", "cams.flip"),
+        split=CFG["data"]["train_split"],  # pseudo labels are needed for every image DeepLab trains on
     log:
         R("logs/extract_cams_{net}.log"),
     threads: 2

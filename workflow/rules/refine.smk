@@ -1,4 +1,4 @@
-# Stage 3: refinement of CAMs into pseudo labels (dense CRF), and their mIoU.
+# Stage 3: refinement of CAMs into pseudo labels (dense CRF) on train_split, and their mIoU on cam_split.
 
 
 rule crf:
@@ -9,11 +9,12 @@ rule crf:
         pseudo=directory(R("pseudo/{net}_crf")),
         metrics=R("metrics/pseudo_{net}_crf.json"),
     params:
-        cfg=P("data.cam_split", "refine"),
-        split=CFG["data"]["cam_split"],
+        cfg=P("data.train_split", "data.cam_split", "refine"),
+        split=CFG["data"]["train_split"],
+        eval_split=CFG["data"]["cam_split"],
     log:
         R("logs/crf_{net}.log"),
     threads: ALL_CORES
     shell:
         WSSS("crf") + " --net {wildcards.net} --cams {input.cams} --data {input.data} --split {params.split}"
-        " --out {output.pseudo} --metrics {output.metrics}"
+        " --eval-split {params.eval_split} --out {output.pseudo} --metrics {output.metrics}"

@@ -15,7 +15,7 @@ import numpy as np
 
 from wsss import metrics
 from wsss.data import voc
-from wsss.io import atomic_dir, load_npz, read_image, read_label_png, write_json, write_label_png
+from wsss.io import WsssInputError, atomic_dir, load_npz, read_image, read_label_png, write_json, write_label_png
 from wsss.parallel import imap_ordered
 from wsss.refine.crf import cam_to_pseudo_label
 from wsss.stages.eval_cams import per_class_dict
@@ -33,7 +33,7 @@ def _one(image_id: str, *, cams_dir: Path, data_root: Path, out_dir: Path, rcfg:
     return image_id
 
 
-def run(cfg: dict, *, net_name: str, cams_dir: Path, data_root: Path, split: str, out_dir: Path,
+def run(cfg: dict, *, net_name: str, cams_dir: Path, data_root: Path, split: str, eval_split: str, out_dir: Path,
         metrics_out: Path, threads: int = 1) -> None:
     rcfg = cfg["refine"]
     ids = voc.read_split(data_root, split)
@@ -41,15 +41,21 @@ def run(cfg: dict, *, net_name: str, cams_dir: Path, data_root: Path, split: str
         fn = partial(_one, cams_dir=cams_dir, data_root=data_root, out_dir=tmp, rcfg=rcfg)
         for _ in imap_ordered(fn, ids, workers=threads, desc=f"CRF {net_name}"):
             pass
+    eval_ids = voc.read_split(data_root, eval_split)
+    missing = sorted(set(eval_ids) - set(ids))
+    if missing:
+        raise WsssInputError(f"data.cam_split '{eval_split}' has {len(missing)} ids outside data.train_split '{split}' "
+                             f"(first {missing[:3]}); pseudo labels are made on train_split, which must hold cam_split")
     cm = metrics.ConfusionMatrix(pred_ignore="skip")
-    for image_id in ids:
+    for image_id in eval_ids:
         cm.update(read_label_png(out_dir / f"{image_id}.png"), read_label_png(voc.mask_path(data_root, image_id)))
     res = cm.compute()
     write_json(metrics_out, {
         "net": net_name,
         "protocol": {
-            "split": split,
-            "images": len(ids),
+            "split": eval_split,
+            "images": len(eval_ids),
+            "labelled_split": split,
             "refinement": "dense CRF",
             "background": f"{rcfg['bg_mode']} (alpha {rcfg['bg_alpha']}, constant {rcfg['bg_constant']})",
             "crf": rcfg["crf"],

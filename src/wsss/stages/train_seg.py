@@ -46,9 +46,11 @@ def run(cfg: dict, *, source: str, data_root: Path, label_dir: Path | None, out:
     net = build_net(scfg)
     if scfg["init_from_supportnet"] and scfg["model"] == "deeplabv3_small":
         init_from_supportnet(net, support_ckpt)
+    if label_dir is None and (data_root / "SegmentationClassAug").is_dir():
+        label_dir = data_root / "SegmentationClassAug"  # GT of train_aug (VOC masks, else SBD's)
     ds = SegmentationDataset(data_root, cfg["data"]["train_split"], crop=tcfg["crop"], train=True,
                              label_dir=label_dir, seed=cfg["seed"])
-    labels = str(label_dir) if label_dir else "ground truth"
+    labels = str(label_dir) if source == "pseudo" else f"ground truth ({(label_dir or Path('SegmentationClass')).name})"
 
     def objective(x: torch.Tensor, batch: dict) -> dict:
         return {"loss": F.cross_entropy(net(x), batch["label"], ignore_index=255)}
