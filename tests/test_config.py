@@ -32,15 +32,18 @@ def test_every_key_has_a_description_and_a_default():
 
 
 def test_every_object_rejects_unknown_keys():
+    """Sections forbid unknown keys; maps (e.g. data.voc.urls) restrict their key names."""
     schema = config.load_schema()
-    objects = [k for k, s in _walk(schema, schema) if s.get("type") == "object"]
-    assert objects and all(
-        config._resolve_ref(s, schema).get("additionalProperties") is False
-        for k, s in _walk(schema, schema) if s.get("type") == "object"
-    )
+    objects = [(k, config._resolve_ref(s, schema)) for k, s in _walk(schema, schema) if s.get("type") == "object"]
+    loose = [k for k, s in objects
+             if not (s.get("additionalProperties") is False
+                     or (isinstance(s.get("additionalProperties"), dict) and "propertyNames" in s))]
+    assert len(objects) > 10 and loose == []
+    with pytest.raises(WsssInputError, match="data.voc.urls"):
+        config.validate({"data": {"voc": {"urls": {"voc2013": ["http://x"]}}}})
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "voc12.yaml"])
 def test_shipped_configs_are_valid(name):
     cfg = config.load(REPO / "config" / name)
     assert cfg["mainnet"]["final_variant"] in cfg["mainnet"]["variants"]

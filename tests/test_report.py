@@ -206,3 +206,13 @@ def test_published_numbers_have_sources() -> None:
     assert aalr.val == 63.9 and aalr.test is None  # the recalled test number is not used
     target = next(p for p in PUBLISHED if "2112.05351" in p.method)
     assert all(getattr(target, f) is None for f in NUMBER_FIELDS)
+
+
+def test_this_run_sits_beside_the_published_peers(exp: Path) -> None:
+    pub = table(run(exp), "published")
+    ours = pub.iloc[0]
+    assert ours["method"].startswith("wsss (this run")
+    assert ours["cam_train_pct"] == pytest.approx(100 * CAM["mainnet_rcm_mam"][0])
+    assert ours["pseudo_train_pct"] == pytest.approx(100 * PSEUDO["mainnet_rcm_mam"])
+    assert ours["val_pct"] == pytest.approx(100 * SEG["pseudo"][1])  # the +CRF number, as the peers report
+    assert len(pub) > 10 and (pub["method"].str.contains("AffinityNet")).any()

@@ -75,3 +75,32 @@ def test_whole_pipeline_on_the_served_voc(tmp_path, server, archives):  # noqa: 
     cam = json.loads((work / "results/vocmini/metrics/cam_supportnet.json").read_text())
     assert cam["protocol"]["split"] == "train" and "part_recall" not in cam  # no synthetic probes on real data
     assert (work / "results/vocmini/report/index.html").is_file()
+
+
+def test_real_voc_sample_through_the_evaluation():
+    """The 60 official VOC 2012 masks in ../shared: perfect predictions score 1, all-background a hand-computed
+    value (255 ignored)."""
+    import os
+    from pathlib import Path
+
+    import numpy as np
+
+    from wsss.data import voc
+    from wsss.io import read_label_png
+    from wsss.metrics import ConfusionMatrix
+
+    root = Path(os.environ.get("WSSS_VOC_SAMPLE", REPO.parent / "shared/data/voc2012-sample")) / "VOC2012"
+    if not root.is_dir():
+        pytest.skip(f"{root} absent")
+    ids = voc.read_split(root, "val")
+    masks = [read_label_png(voc.mask_path(root, i)) for i in ids]
+    perfect, background = ConfusionMatrix(), ConfusionMatrix()
+    for m in masks:
+        perfect.update(m, m)
+        background.update(np.zeros_like(m), m)
+    assert perfect.compute()["miou"] == pytest.approx(1.0)
+    valid = np.concatenate([m[m != 255] for m in masks])
+    classes = np.unique(valid)
+    expected = (valid == 0).sum() / valid.size / len(classes)  # only background scores, over the present classes
+    assert background.compute()["miou"] == pytest.approx(expected)
+    assert all(set(voc.labels_from_mask(m)) <= set(range(1, 21)) for m in masks)
