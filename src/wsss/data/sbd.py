@@ -16,7 +16,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from wsss.data.voc import NUM_CLASSES
+from wsss.data.voc import NUM_CLASSES, read_id_list
 from wsss.io import WsssInputError, atomic_dir, voc_palette
 
 PathLike = str | os.PathLike
@@ -41,13 +41,8 @@ def read_sbd_split(sbd_root: PathLike, split: str) -> list[str]:
     """Image ids of SBD's ``dataset/<split>.txt`` (``train`` 8,498 or ``val`` 2,857 in the real data)."""
     if split not in SBD_SPLITS:
         raise WsssInputError(f"SBD split {split!r} unknown; SBD ships {list(SBD_SPLITS)}")
-    path = sbd_dataset_dir(sbd_root) / f"{split}.txt"
-    if not path.is_file():
-        raise WsssInputError(f"{path}: SBD split list not found; re-extract benchmark.tgz")
-    ids = [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not ids:
-        raise WsssInputError(f"{path}: empty SBD split list; re-extract benchmark.tgz")
-    return ids
+    hint = "re-extract benchmark.tgz (SBD)"
+    return read_id_list(sbd_dataset_dir(sbd_root) / f"{split}.txt", missing_hint=hint, empty_hint=hint)
 
 
 def load_sbd_mask(path: PathLike) -> np.ndarray:

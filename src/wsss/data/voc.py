@@ -58,15 +58,24 @@ def split_path(root: PathLike, split: str) -> Path:
 # --------------------------------------------------------------------------------------- split / labels
 
 
-def read_split(root: PathLike, split: str) -> list[str]:
-    """Image ids of ``root/ImageSets/Segmentation/<split>.txt`` (first token per non-blank line)."""
-    path = split_path(root, split)
+def read_id_list(path: PathLike, *, missing_hint: str, empty_hint: str) -> list[str]:
+    """Ids of a list file (first token per non-blank line); a missing or empty file is an error with a hint."""
+    path = Path(path)
     if not path.is_file():
-        raise WsssInputError(f"{path}: split list not found; check the dataset root and the split name {split!r}")
+        raise WsssInputError(f"{path}: split list not found; {missing_hint}")
     ids = [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not ids:
-        raise WsssInputError(f"{path}: empty split list; regenerate the dataset or list image ids one per line")
+        raise WsssInputError(f"{path}: empty split list; {empty_hint}")
     return ids
+
+
+def read_split(root: PathLike, split: str) -> list[str]:
+    """Image ids of ``root/ImageSets/Segmentation/<split>.txt``."""
+    return read_id_list(
+        split_path(root, split),
+        missing_hint=f"check the dataset root and the split name {split!r}",
+        empty_hint="regenerate the dataset or list image ids one per line",
+    )
 
 
 def load_labels(root: PathLike) -> dict[str, list[int]]:

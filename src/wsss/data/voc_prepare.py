@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from wsss.data.sbd import convert_into, read_sbd_split, sbd_dataset_dir
-from wsss.data.voc import NUM_FG, VOC_CLASSES, labels_from_mask
+from wsss.data.voc import NUM_FG, VOC_CLASSES, labels_from_mask, read_id_list
 from wsss.io import WsssInputError, atomic_dir, read_label_png, write_json, write_text
 
 PathLike = str | os.PathLike
@@ -74,12 +74,8 @@ def from_existing(voc_root: PathLike) -> Path:
 
 
 def _read_list(path: Path) -> list[str]:
-    if not path.is_file():
-        raise WsssInputError(f"{path}: split list not found; re-extract the archive it comes from")
-    ids = [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not ids:
-        raise WsssInputError(f"{path}: empty split list; re-extract the archive it comes from")
-    return ids
+    hint = "re-extract the archive it comes from"
+    return read_id_list(path, missing_hint=hint, empty_hint=hint)
 
 
 # ------------------------------------------------------------------------------------------ labels
