@@ -37,18 +37,22 @@ def run(cfg: dict, *, net_name: str, cams_dir: Path, data_root: Path, split: str
         metrics_out: Path, threads: int = 1) -> None:
     rcfg = cfg["refine"]
     ids = voc.read_split(data_root, split)
-    with atomic_dir(out_dir) as tmp:
-        fn = partial(_one, cams_dir=cams_dir, data_root=data_root, out_dir=tmp, rcfg=rcfg)
-        for _ in imap_ordered(fn, ids, workers=threads, desc=f"CRF {net_name}"):
-            pass
+    # check everything the evaluation needs before the CRF runs, and score the labels before the folder is
+    # renamed into place: a failure leaves no pseudo-label folder behind
     eval_ids = voc.read_split(data_root, eval_split)
     missing = sorted(set(eval_ids) - set(ids))
     if missing:
         raise WsssInputError(f"data.cam_split '{eval_split}' has {len(missing)} ids outside data.train_split '{split}' "
                              f"(first {missing[:3]}); pseudo labels are made on train_split, which must hold cam_split")
+    voc.check_ids(data_root, ids, need_masks=False, split=split)
+    voc.check_ids(data_root, eval_ids, need_masks=True, split=eval_split)
     cm = metrics.ConfusionMatrix(pred_ignore="skip")
-    for image_id in eval_ids:
-        cm.update(read_label_png(out_dir / f"{image_id}.png"), read_label_png(voc.mask_path(data_root, image_id)))
+    with atomic_dir(out_dir) as tmp:
+        fn = partial(_one, cams_dir=cams_dir, data_root=data_root, out_dir=tmp, rcfg=rcfg)
+        for _ in imap_ordered(fn, ids, workers=threads, desc=f"CRF {net_name}"):
+            pass
+        for image_id in eval_ids:
+            cm.update(read_label_png(tmp / f"{image_id}.png"), read_label_png(voc.mask_path(data_root, image_id)))
     res = cm.compute()
     write_json(metrics_out, {
         "net": net_name,
