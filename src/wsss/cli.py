@@ -7,6 +7,7 @@ Every stage validates the config against the one schema before any work starts.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -200,6 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)
         print(f"wsss {args.stage}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        where = e.filename or "the output folder"
+        msg = (f"{where}: no space left on device; nothing was written there (partial output removed). "
+               "Free space on that disk and re-run the stage")
+        log.error("%s", msg)
+        print(f"wsss {args.stage}: error: {msg}", file=sys.stderr)
+        return 28
 
 
 if __name__ == "__main__":

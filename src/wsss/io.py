@@ -8,6 +8,7 @@ Readers raise :class:`WsssInputError` naming the file and saying what to do.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -21,6 +22,12 @@ from PIL import Image
 
 class WsssInputError(RuntimeError):
     """Bad input: the message names the file or key and says what to do."""
+
+
+def _name_full_disk(e: BaseException, path: Path) -> None:
+    """Re-raise a disk-full ``OSError`` that names no file as one naming ``path`` (the CLI reports it)."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC and not e.filename:
+        raise OSError(errno.ENOSPC, e.strerror or os.strerror(errno.ENOSPC), str(path)) from e
 
 
 @contextlib.contextmanager
@@ -38,9 +45,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        _name_full_disk(e, path)
         raise
 
 
@@ -58,8 +66,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # name the stage's output, not the temp folder
+            raise OSError(errno.ENOSPC, e.strerror or os.strerror(errno.ENOSPC), str(path)) from e
         raise
 
 

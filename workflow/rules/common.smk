@@ -9,6 +9,8 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from wsss import config as wconfig  # noqa: E402
 
+# Our validator first: its message names the key and the file; then Snakemake's, on the same schema file.
+wconfig.validate(dict(config), source=" ".join(map(str, workflow.configfiles)) or "config")
 validate(config, "../schemas/config.schema.yaml")
 
 

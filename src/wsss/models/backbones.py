@@ -132,7 +132,7 @@ def _weights_enum(name: str):
 def load_torchvision_weights(weights) -> dict:
     """State dict of a torchvision ``WeightsEnum`` member, from ``$TORCH_HOME`` or the web.
 
-    Raises ``RuntimeError`` naming the file and where to put it when the file is
+    Raises ``WsssInputError`` (a ``RuntimeError``) naming the file and where to put it when the file is
     neither cached nor downloadable (e.g. an offline machine).
     """
     fname = os.path.basename(weights.url)
@@ -140,7 +140,9 @@ def load_torchvision_weights(weights) -> dict:
     try:
         return weights.get_state_dict(progress=False, check_hash=False)
     except Exception as exc:  # URLError, HTTPError, OSError, ... all mean "not available"
-        raise RuntimeError(
+        from wsss.io import WsssInputError  # a RuntimeError: bad input the CLI reports without a traceback
+
+        raise WsssInputError(
             f"pretrained weights {fname!r} are not in the torch hub cache and could not be downloaded "
             f"({type(exc).__name__}: {exc}). Place {fname} under $TORCH_HOME/hub/checkpoints/ "
             f"(here: {target}) or set pretrained=False."

@@ -1,0 +1,58 @@
+"""AffinityNet (PSA, Ahn & Kwak CVPR'18): a ResNet backbone + a light embedding head at stride 8.
+
+Head (psa ``net/resnet38_aff.py``): 1×1 convs without bias from three depths (there: conv4 512 → 64, conv5
+1024 → 128, bn7 4096 → 256; here: layer2 → 64, layer3 → 128, layer4 → 256), ELU each, concatenated (448) and a
+1×1 conv 448 → ``embed_dim`` (448 in PSA) + ELU. Layer2 is at stride 8 for every ``output_stride``; deeper maps
+with a coarser stride are bilinearly upsampled to it. Initialisation as PSA: Kaiming-normal for the three
+projections, Xavier-uniform with gain 4 for the last conv. Affinities come from
+:func:`wsss.refine.affinity.pairwise_affinity` on the embedding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import build_backbone
+
+__all__ = ["AffinityNet"]
+
+
+def _layer_channels(layer: nn.Sequential) -> int:
+    last = layer[-1]
+    bn = last.bn3 if hasattr(last, "bn3") else last.bn2  # Bottleneck / BasicBlock
+    return int(bn.num_features)
+
+
+class AffinityNet(nn.Module):
+    """``forward(x [B,3,H,W]) -> embedding [B, embed_dim, ⌈H/8⌉, ⌈W/8⌉]`` (stride 8)."""
+
+    def __init__(self, backbone_cfg: dict, embed_dim: int = 448, dims: tuple[int, int, int] = (64, 128, 256)):
+        super().__init__()
+        cfg = dict(backbone_cfg)
+        name = cfg.pop("name", "resnet_small")
+        self.backbone = build_backbone(name, **cfg)
+        chans = [_layer_channels(getattr(self.backbone, f"layer{i}")) for i in (2, 3, 4)]
+        self.proj = nn.ModuleList(nn.Conv2d(c, d, kernel_size=1, bias=False) for c, d in zip(chans, dims))
+        self.fuse = nn.Conv2d(sum(dims), embed_dim, kernel_size=1, bias=False)
+        self.embed_dim = embed_dim
+        self.stride = 8
+        for m in self.proj:
+            nn.init.kaiming_normal_(m.weight)
+        nn.init.xavier_uniform_(self.fuse.weight, gain=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.backbone
+        x = b.stem(x)
+        x = b.layer1(x)
+        f2 = b.layer2(x)
+        f3 = b.layer3(f2)
+        f4 = b.layer4(f3)
+        size = f2.shape[-2:]
+        outs = []
+        for f, proj in zip((f2, f3, f4), self.proj):
+            if f.shape[-2:] != size:
+                f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+            outs.append(F.elu(proj(f)))
+        return F.elu(self.fuse(torch.cat(outs, dim=1)))

@@ -1,0 +1,189 @@
+"""Random-walk propagation of CAMs over local pixel affinities (PSA ``infer_aff.py``; IRN ``misc/indexing.py``).
+
+Both reference implementations build a *dense* HW×HW transition matrix and square it ``logt``/``exp_times`` times
+(T^(2^8) = 256 steps). That needs O((HW)²) memory (ReCAM#13: ~24 GB at full resolution). Here the matrix is a
+sparse CSR tensor with at most ``HW·(2P + 1)`` stored entries (P = number of half-neighbourhood offsets; both
+directions of each pair plus a self-loop), and the walk is ``n_steps`` sparse mat-vecs, so memory is
+O(HW·P + HW·C). Squaring a sparse local matrix fills it in, so we never square.
+
+Transition (PSA): A_ij = a_ij^β for pairs within the radius (both directions), A_ii = 1, 0 elsewhere; A is
+symmetric. T = D⁻¹A with D = diag(Σ_j A_ij) (row-stochastic). PSA writes ``cam_vec @ (A / A.sum(0))``, which is
+the same walk transposed. One step: s ← T s for every class plane s ∈ R^{HW}.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .affinity import shift_valid_mask, shifted
+
+__all__ = ["transition_matrix", "random_walk", "random_walk_dense", "rw_label", "dense_affinity_matrix"]
+
+
+def _check(aff: torch.Tensor, offsets) -> None:
+    if aff.dim() != 3 or aff.shape[0] != len(offsets):
+        raise ValueError(f"aff must be [P,H,W] with P = len(offsets); got {tuple(aff.shape)}, P = {len(offsets)}")
+
+
+def transition_matrix(
+    aff: torch.Tensor,
+    offsets: Sequence[tuple[int, int]],
+    beta: float = 8.0,
+    *,
+    normalize: bool = True,
+    index_dtype: torch.dtype = torch.int32,
+) -> torch.Tensor:
+    """Sparse CSR ``[HW, HW]`` transition matrix from half-neighbourhood affinities ``aff`` [P,H,W].
+
+    Entry (i, j) for j = i + offset_p (and its mirror (j, i)) is ``aff[p, i]**beta``; the diagonal is 1.
+    Pairs leaving the image are not stored. ``normalize=False`` returns the symmetric A; otherwise rows are
+    divided by their sums (T = D⁻¹A). Never materialises a dense HW×HW matrix: nnz ≤ HW·(2P + 1).
+    Column indices within a row are sorted (slots are ordered by linear offset).
+    """
+    _check(aff, offsets)
+    p, h, w = aff.shape
+    n = h * w
+    if n >= 2**31 and index_dtype == torch.int32:
+        index_dtype = torch.int64
+    dev = aff.device
+    inside = shift_valid_mask(h, w, offsets, dev)  # [P,H,W] valid "forward" pairs
+    a = aff.clamp_min(0) ** beta
+    deltas, vals, masks = [], [], []
+    for k, (dy, dx) in enumerate(offsets):
+        d = dy * w + dx
+        # forward slot: row i, col i + d
+        deltas.append(d)
+        vals.append(a[k])
+        masks.append(inside[k])
+        # backward slot: row j, col j - d (pair started at j - offset)
+        deltas.append(-d)
+        vals.append(shifted(a[k], -dy, -dx, fill=0))
+        masks.append(shifted(inside[k], -dy, -dx, fill=False))
+    deltas.append(0)
+    vals.append(torch.ones((h, w), dtype=a.dtype, device=dev))
+    masks.append(torch.ones((h, w), dtype=torch.bool, device=dev))
+    order = sorted(range(len(deltas)), key=deltas.__getitem__)
+    del a
+    val = torch.stack([vals[s].reshape(n) for s in order], dim=1)  # [HW, S]
+    del vals
+    mask = torch.stack([masks[s].reshape(n) for s in order], dim=1)
+    del masks
+    val.mul_(mask)  # forward slots whose pair leaves the image still hold aff values: zero them
+    if normalize:
+        val.div_(val.sum(dim=1, keepdim=True))
+    val = val[mask]
+    delta = torch.tensor([deltas[s] for s in order], dtype=index_dtype, device=dev)
+    col = torch.arange(n, dtype=index_dtype, device=dev).unsqueeze(1) + delta.unsqueeze(0)
+    col = col[mask]
+    crow = torch.zeros(n + 1, dtype=index_dtype, device=dev)
+    crow[1:] = torch.cumsum(mask.sum(dim=1), 0).to(index_dtype)
+    del mask
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, val, size=(n, n), check_invariants=False)
+
+
+def random_walk(
+    cam: torch.Tensor,
+    aff: torch.Tensor,
+    offsets: Sequence[tuple[int, int]],
+    *,
+    beta: float = 8.0,
+    n_steps: int = 256,
+) -> torch.Tensor:
+    """Propagate ``cam`` [C,H,W] (C = K+1 with the background plane, or any number of planes) ``n_steps``
+    times with the sparse transition of :func:`transition_matrix`: returns T^n_steps applied to each plane,
+    [C,H,W], in ``cam``'s dtype. Defaults: PSA (β = 8, logt = 8 → 256 steps); IRN uses β = 10, 256 steps.
+    """
+    _check(aff, offsets)
+    c, h, w = cam.shape
+    if aff.shape[1:] != (h, w):
+        raise ValueError(f"cam {tuple(cam.shape)} and aff {tuple(aff.shape)} differ in size")
+    if n_steps < 0:
+        raise ValueError("n_steps must be >= 0")
+    t = transition_matrix(aff.to(cam.dtype), offsets, beta)
+    v = cam.reshape(c, h * w).t().contiguous()
+    for _ in range(n_steps):
+        v = t @ v
+    return v.t().reshape(c, h, w).contiguous()
+
+
+def dense_affinity_matrix(aff: torch.Tensor, offsets: Sequence[tuple[int, int]], beta: float = 8.0) -> torch.Tensor:
+    """Dense symmetric A [HW,HW] (reference only; O((HW)²) memory): pairs, both directions, self-loops 1."""
+    _check(aff, offsets)
+    p, h, w = aff.shape
+    n = h * w
+    a = torch.zeros((n, n), dtype=aff.dtype, device=aff.device)
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    for k, (dy, dx) in enumerate(offsets):
+        yt, xt = ys + dy, xs + dx
+        ok = (yt >= 0) & (yt < h) & (xt >= 0) & (xt < w)
+        i = (ys * w + xs)[ok]
+        j = (yt * w + xt)[ok]
+        v = aff[k][ok] ** beta
+        a[i, j] = v
+        a[j, i] = v
+    a += torch.eye(n, dtype=aff.dtype, device=aff.device)
+    return a
+
+
+def random_walk_dense(
+    cam: torch.Tensor,
+    aff: torch.Tensor,
+    offsets: Sequence[tuple[int, int]],
+    *,
+    beta: float = 8.0,
+    n_steps: int = 256,
+    max_pixels: int = 4096,
+) -> torch.Tensor:
+    """Reference: dense T = A / rowsum, T^n_steps by ``matrix_power`` (PSA squares it), applied to ``cam``."""
+    c, h, w = cam.shape
+    if h * w > max_pixels:
+        raise ValueError(f"random_walk_dense is a reference for small inputs (HW = {h * w} > {max_pixels})")
+    a = dense_affinity_matrix(aff.to(cam.dtype), offsets, beta)
+    t = a / a.sum(dim=1, keepdim=True)
+    tn = torch.linalg.matrix_power(t, n_steps)
+    return (tn @ cam.reshape(c, h * w).t()).t().reshape(c, h, w)
+
+
+def rw_label(
+    cam,
+    keys,
+    aff: torch.Tensor,
+    offsets: Sequence[tuple[int, int]],
+    *,
+    beta: float = 10.0,
+    n_steps: int = 256,
+    bg_threshold: float = 0.25,
+    bg_power: float | None = None,
+) -> np.ndarray:
+    """uint8 [H,W] label from a normalised foreground CAM ``cam`` [K,H,W] with VOC ``keys`` [K].
+
+    ``bg_power=None`` (IRN ``make_sem_seg_labels``, defaults β 10, 2^8 steps, ``sem_seg_bg_thres`` 0.25):
+    walk the K foreground planes, divide by their global max, pad a constant background plane
+    ``bg_threshold`` in front, argmax (ties → background), map through ``[0, *keys]``.
+    ``bg_power=α`` (PSA ``infer_aff.py``, α 16, β 8): background plane (1 − max_k cam)^α walked with the others,
+    then argmax; ``bg_threshold`` is unused. Resolution: the caller passes cam and aff at the same size
+    (IRN walks at stride 4 and upsamples the result).
+    """
+    cam_t = torch.as_tensor(np.asarray(cam), dtype=torch.float32)
+    keys = np.asarray(keys, dtype=np.int64)
+    if cam_t.dim() != 3 or cam_t.shape[0] != len(keys):
+        raise ValueError("cam must be [K,H,W] with K = len(keys)")
+    h, w = cam_t.shape[1:]
+    lut = np.concatenate([[0], keys]).astype(np.uint8)
+    if len(keys) == 0:
+        return np.zeros((h, w), np.uint8)
+    aff = aff.to(torch.float32)
+    if bg_power is None:
+        rw = random_walk(cam_t, aff, offsets, beta=beta, n_steps=n_steps)
+        rw = rw / rw.max().clamp_min(1e-12)
+        scores = torch.cat([torch.full((1, h, w), float(bg_threshold)), rw], dim=0)
+    else:
+        bg = (1.0 - cam_t.max(dim=0, keepdim=True).values).clamp_min(0) ** bg_power
+        scores = random_walk(torch.cat([bg, cam_t], dim=0), aff, offsets, beta=beta, n_steps=n_steps)
+    return lut[scores.argmax(dim=0).numpy()]
