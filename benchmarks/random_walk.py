@@ -60,18 +60,23 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--json", action="store_true", help="print the rows as one JSON list on the last line")
     a = ap.parse_args()
     if a.one:
         print(json.dumps(_one(a.sizes[0], a.n_steps, a.radius, a.classes, a.threads)))
         return
+    rows = []
     for s in a.sizes:
         cmd = [sys.executable, __file__, "--one", "--sizes", str(s), "--n-steps", str(a.n_steps),
                "--radius", str(a.radius), "--classes", str(a.classes), "--threads", str(a.threads)]
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        rows.append({"size": s, **r})
         print(f"{s}x{s}: P={r['offsets']} planes={r['planes']} steps={r['n_steps']} threads={r['threads']} "
               f"nnz={r['nnz']:,} build {r['build_s']} s, random_walk {r['random_walk_s']} s "
               f"({r['ms_per_step']} ms/step), peak RSS +{r['peak_rss_mib']} MiB "
               f"(dense fp32 HWxHW would be {r['dense_fp32_gib']} GiB)", flush=True)
+    if a.json:
+        print(json.dumps(rows))
 
 
 if __name__ == "__main__":

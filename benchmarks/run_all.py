@@ -6,11 +6,18 @@
   config (it reports "no finished run" otherwise).
 - crf: dense-CRF pseudo labels, images per second with 1 process and with every core (target >= 1.8x on 2).
 - miou: confusion-matrix mIoU evaluation throughput (megapixels per second).
+- cam: CAM extraction (the stage, with I/O) versus the bare forward passes it needs (target overhead <= 1.5x);
+  needs results/default/models/supportnet/checkpoint.pt.
+- e2e_smoke: the smoke config end to end from scratch in a temporary copy, and its no-change re-run.
+- e2e_default (opt-in, ~20 min): the embedded default end to end from scratch (target <= 20 min on 2 cores).
+- rw: the sparse random walk at 128², 256², 512² (benchmarks/random_walk.py; target 512² within 4 GB).
+`--doc` renders docs/performance.md from the JSON files (figures against targets).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -79,16 +86,127 @@ def bench_miou(n: int = 200) -> dict:
     return {"images": n, "size": "375x500", "megapixels_per_s": round(n * 375 * 500 / secs / 1e6, 1)}
 
 
+def bench_cam(n: int = 100) -> dict:
+    import tempfile
+
+    import torch
+
+    from wsss import config
+    from wsss.data.voc import ImageDataset
+    from wsss.models.cam_net import multiscale_cam
+    from wsss.stages import extract_cams
+    from wsss.stages.train_cam import load_cam_net
+
+    ckpt = REPO / "results/default/models/supportnet/checkpoint.pt"
+    data = REPO / "results/default/data/VOC2012"
+    if not ckpt.is_file():
+        return {"status": "no results/default run (make run first)"}
+    cfg = config.load(REPO / "config/config.yaml")
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "VOC2012"
+        (root / "ImageSets/Segmentation").mkdir(parents=True)
+        ids = (data / "ImageSets/Segmentation/train.txt").read_text().split()[:n]
+        (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids) + "\n")
+        for sub in ("JPEGImages", "labels.json"):
+            (root / sub).symlink_to(data / sub)
+        t0 = time.perf_counter()
+        extract_cams.run(cfg, checkpoint=ckpt, data_root=root, split="train", out_dir=Path(tmp) / "cams")
+        stage = time.perf_counter() - t0
+        net, _ = load_cam_net(ckpt)
+        ds = ImageDataset(root, "train")
+        images = [ds[i]["image"][None] for i in range(len(ds))]
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for x in images:
+                multiscale_cam(net, x, scales=cfg["cams"]["scales"], flip=cfg["cams"]["flip"])
+        bare = time.perf_counter() - t0
+    return {"images": n, "stage_s": round(stage, 2), "bare_forward_s": round(bare, 2),
+            "overhead_ratio": round(stage / bare, 2), "target_ratio": 1.5, "met": stage / bare <= 1.5}
+
+
+def _timed_snakemake(cwd: Path, configfile: str) -> float:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    t0 = time.perf_counter()
+    subprocess.run(["snakemake", "--cores", "2", "--configfile", configfile], cwd=cwd, env=env, check=True,
+                   capture_output=True)
+    return time.perf_counter() - t0
+
+
+def bench_e2e(configfile: str, target_s: float | None) -> dict:
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for item in ("Snakefile", "workflow", "config", "profiles"):
+            src = REPO / item
+            (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
+        first = _timed_snakemake(work, configfile)
+        again = _timed_snakemake(work, configfile)
+    out = {"config": configfile, "from_scratch_s": round(first, 1), "no_change_rerun_s": round(again, 2),
+           "rerun_target_s": 10, "rerun_met": again <= 10}
+    if target_s:
+        out.update(target_s=target_s, met=first <= target_s)
+    return out
+
+
+def bench_rw() -> dict:
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks/random_walk.py"), "--json"], capture_output=True,
+                       text=True, check=True)
+    rows = json.loads(p.stdout.strip().splitlines()[-1])
+    return {"rows": rows, "target": "512x512 within 4 GiB"}
+
+
+TARGETS = [
+    ("e2e_default", "embedded default end to end (2 cores)", "from_scratch_s", "<= 1200 s"),
+    ("e2e_default", "no-change re-run (default)", "no_change_rerun_s", "<= 10 s"),
+    ("e2e_smoke", "smoke config end to end", "from_scratch_s", "-"),
+    ("e2e_smoke", "no-change re-run (smoke)", "no_change_rerun_s", "<= 10 s"),
+    ("rerun", "no-change re-run of results/default", "no_change_rerun_s", "<= 10 s"),
+    ("cam", "CAM extraction / bare forward passes", "overhead_ratio", "<= 1.5"),
+    ("crf", "CRF speed-up, all cores vs 1", "speedup", ">= 1.8 on 2 cores"),
+    ("miou", "mIoU evaluation (MPix/s)", "megapixels_per_s", "-"),
+]
+
+
+def write_doc() -> Path:
+    lines = ["# Performance", "",
+             "Generated by `python benchmarks/run_all.py --doc` from `results/benchmarks/*.json` (never typed in).",
+             "Machine: the project's 2-core, 24 GiB CPU machine unless the JSON says otherwise.", "",
+             "| figure | value | target |", "|---|---|---|"]
+    for name, label, key, target in TARGETS:
+        f = OUT / f"{name}.json"
+        value = json.loads(f.read_text()).get(key, "—") if f.is_file() else "not measured"
+        lines.append(f"| {label} | {value} | {target} |")
+    rw = OUT / "rw.json"
+    if rw.is_file():
+        lines += ["", "Random walk (radius 5, 256 steps, one thread; target: 512² within 4 GiB):", "",
+                  "| size | walk s (incl. build) | peak RSS MiB | dense fp32 HW×HW would need GiB |", "|---|---|---|---|"]
+        for r in json.loads(rw.read_text())["rows"]:
+            lines.append(f"| {r['size']}² | {r['random_walk_s']} | {r['peak_rss_mib']} | {r['dense_fp32_gib']} |")
+    path = REPO / "docs" / "performance.md"
+    from wsss.io import write_text
+
+    write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="config/config.yaml")
-    p.add_argument("--only", default="rerun,crf,miou")
+    p.add_argument("--only", default="rerun,crf,miou,cam,e2e_smoke,rw")
+    p.add_argument("--doc", action="store_true", help="render docs/performance.md from the JSON files")
     a = p.parse_args()
-    benches = {"rerun": lambda: bench_rerun(a.config), "crf": bench_crf, "miou": bench_miou}
-    for name in a.only.split(","):
+    benches = {"rerun": lambda: bench_rerun(a.config), "crf": bench_crf, "miou": bench_miou, "cam": bench_cam,
+               "e2e_smoke": lambda: bench_e2e("config/smoke.yaml", None),
+               "e2e_default": lambda: bench_e2e("config/config.yaml", 1200), "rw": bench_rw}
+    for name in filter(None, a.only.split(",")):
         result = benches[name]()
         write_json(OUT / f"{name}.json", result)
         print(f"{name}: {result}")
+    if a.doc:
+        print(f"wrote {write_doc()}")
     return 0
 
 

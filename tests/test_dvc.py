@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import pytest
 import yaml
@@ -63,3 +64,14 @@ def test_dvc_repro_runs_the_smoke_pipeline(tmp_path, smoke_run):
     assert json.loads((work / "results/smoke/metrics/train_supportnet.json").read_text()) == before
     diff = run([BIN / "dvc", "params", "diff", "--json"], cwd=work).stdout
     assert "n_iter" in diff
+    # checkpoints, CAMs and metrics round-trip through a (local directory) DVC remote
+    store = tmp_path / "store"
+    run([BIN / "dvc", "remote", "add", "-d", "-f", "local", str(store)], cwd=work)
+    run([BIN / "dvc", "push"], cwd=work)
+    ckpt = work / "results/smoke/models/supportnet/checkpoint.pt"
+    digest = ckpt.read_bytes()
+    shutil.rmtree(work / "results/smoke/models")
+    shutil.rmtree(work / ".dvc/cache")
+    run([BIN / "dvc", "pull"], cwd=work)
+    assert ckpt.read_bytes() == digest
+    assert "up to date" in run([BIN / "dvc", "status"], cwd=work).stdout

@@ -50,3 +50,14 @@ def test_bad_inputs_name_the_file(tmp_path):
     (tmp_path / "z.npz").write_bytes(b"PK garbage")
     with pytest.raises(io.WsssInputError, match=r"z\.npz"):
         io.load_npz(tmp_path / "z.npz")
+
+
+def test_atomic_dir_sweeps_the_leftovers_of_a_killed_attempt(tmp_path):
+    stale = tmp_path / ".cams.tmp-abc123"
+    stale.mkdir()
+    (stale / "half.npz").write_text("x")
+    other = tmp_path / ".other.tmp-zzz"
+    other.mkdir()
+    with io.atomic_dir(tmp_path / "cams") as tmp:
+        (tmp / "a.npz").write_text("1")
+    assert not stale.exists() and other.exists()  # only this output's leftovers

@@ -56,10 +56,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success replace ``path`` with it, on failure delete it.
 
-    A killed or failed stage therefore never leaves a folder that Snakemake or DVC could take as complete.
+    A killed or failed stage therefore never leaves a folder that Snakemake or DVC could take as complete. The
+    hidden temporary folders a SIGKILLed earlier attempt left for this same output are removed first (Snakemake
+    runs one job per output at a time, so none of them is in use).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
