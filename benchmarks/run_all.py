@@ -59,7 +59,7 @@ def _crf_item(i: int):
     return cam_to_pseudo_label(img, cam, [3, 7], bg_alpha=2.0).sum()
 
 
-def bench_crf(n: int = 64) -> dict:
+def bench_crf(n: int = 256) -> dict:
     from wsss.parallel import available_cores, imap_ordered
 
     res = {}
