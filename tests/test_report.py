@@ -216,3 +216,10 @@ def test_this_run_sits_beside_the_published_peers(exp: Path) -> None:
     assert ours["pseudo_train_pct"] == pytest.approx(100 * PSEUDO["mainnet_rcm_mam"])
     assert ours["val_pct"] == pytest.approx(100 * SEG["pseudo"][1])  # the +CRF number, as the peers report
     assert len(pub) > 10 and (pub["method"].str.contains("AffinityNet")).any()
+
+
+def test_pipeline_follows_the_configured_final_variant(exp: Path) -> None:
+    pl = table(run(exp, final_net="mainnet_baseline"), "pipeline").set_index("stage")
+    row = [r for r in pl.index if r.endswith(" CAM") and r.startswith("MainNet")]
+    assert row == ["MainNet baseline (fair control) CAM"]
+    assert pl.loc[row[0], "miou"] == pytest.approx(CAM["mainnet_baseline"][0])

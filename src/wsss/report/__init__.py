@@ -26,6 +26,7 @@ def build_report(
     config: dict,
     n_qualitative: int = 4,
     optional: Collection[str] = (),
+    final_net: str | None = None,
 ) -> dict[str, Any]:
     """Write ``tables.md``, ``tables.csv``, ``index.html`` and ``figures/*.png`` under ``out_dir``.
 
@@ -34,7 +35,8 @@ def build_report(
     ``optional`` (by file stem, file name, or net/source name), in which case its rows are left out.
     Returns a JSON-serialisable summary (paths, tables, figures, headline rows, skipped inputs).
     """
-    exp = load_experiment(exp_dir, nets=nets, crf_nets=crf_nets, seg_sources=seg_sources, optional=optional)
+    exp = load_experiment(exp_dir, nets=nets, crf_nets=crf_nets, seg_sources=seg_sources, optional=optional,
+                          final_net=final_net)
     out = Path(out_dir)
     tables = build_tables(exp)
     figures, skipped_figs = make_figures(exp, out / "figures", n_qualitative)

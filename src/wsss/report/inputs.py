@@ -55,6 +55,7 @@ class Experiment:
     seg: dict[str, dict] = field(default_factory=dict)
     paths: dict[str, Path] = field(default_factory=dict)  # file stem -> path of every file read
     skipped: list[str] = field(default_factory=list)  # optional files that were missing
+    final_net: str | None = None  # the MainNet whose pseudo labels feed the segmentation (config's final_variant)
 
     @property
     def data_root(self) -> Path:
@@ -64,7 +65,9 @@ class Experiment:
         return f"metrics/{stem}.json"
 
     def main_net(self) -> str | None:
-        """The MainNet shown in the pipeline: the fullest variant with a CAM file."""
+        """The MainNet shown in the pipeline: the configured final one, else the fullest variant with a CAM file."""
+        if self.final_net in self.cam:
+            return self.final_net
         for v in MAIN_VARIANTS:
             if f"mainnet_{v}" in self.cam:
                 return f"mainnet_{v}"
@@ -94,13 +97,14 @@ def load_experiment(
     crf_nets: Sequence[str],
     seg_sources: Sequence[str],
     optional: Collection[str] = (),
+    final_net: str | None = None,
 ) -> Experiment:
     """Read ``metrics/{train,cam}_<net>.json``, ``pseudo_<net>_crf.json`` and ``seg_<source>.json``.
 
     A missing file raises :class:`WsssInputError` naming it, unless its stem (``cam_mainnet_mam``), file name
     or net/source name is in ``optional``; then it is recorded in ``skipped`` and its rows are left out.
     """
-    exp = Experiment(Path(exp_dir), list(nets), list(crf_nets), list(seg_sources))
+    exp = Experiment(Path(exp_dir), list(nets), list(crf_nets), list(seg_sources), final_net=final_net)
     metrics = exp.root / "metrics"
     wanted = (
         [("train", f"train_{n}", n) for n in nets]

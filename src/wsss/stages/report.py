@@ -21,6 +21,7 @@ def run(cfg: dict, *, exp_dir: Path, out_dir: Path) -> None:
         title=cfg["report"]["title"],
         config=cfg,
         n_qualitative=cfg["report"]["n_qualitative"],
+        final_net=f"mainnet_{cfg['mainnet']['final_variant']}",
     )
     for row in summary.get("headline", []):
         log.info("headline: %s", row)
