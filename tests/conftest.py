@@ -12,6 +12,10 @@ BIN = Path(sys.executable).parent
 
 torch.set_num_threads(1)
 
+# The VOC/SBD archive builders and the 127.0.0.1 archive server live in test_download.py; registering its two
+# fixtures here makes them available to every test module that needs them (test_voc_prepare, test_voc_pipeline).
+from test_download import archives, server  # noqa: E402,F401
+
 
 def env_with_venv() -> dict:
     """Environment whose PATH finds the venv's `wsss`, `snakemake` and `dvc` first."""

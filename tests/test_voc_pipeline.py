@@ -7,7 +7,6 @@ import pytest
 import yaml
 
 from conftest import BIN, REPO, copy_workflow, run
-from test_download import archives, server  # noqa: F401  (fixtures)
 
 SBD_NAME = "benchmark.tgz"
 VOC_NAME = "VOCtrainval_11-May-2012.tar"
@@ -45,7 +44,7 @@ def _tiny_voc_config(work, server, archives) -> str:
     return "config/vocmini.yaml"
 
 
-def test_voc_sbd_data_stages_through_snakemake(tmp_path, server, archives):  # noqa: F811
+def test_voc_sbd_data_stages_through_snakemake(tmp_path, server, archives):
     work = copy_workflow(tmp_path / "w")
     cfg = _tiny_voc_config(work, server, archives)
     run([BIN / "snakemake", "results/vocmini/data/VOC2012", "--cores", "1", "--configfile", cfg], cwd=work)
@@ -66,7 +65,7 @@ def test_voc_sbd_data_stages_through_snakemake(tmp_path, server, archives):  # n
 
 
 @pytest.mark.e2e
-def test_whole_pipeline_on_the_served_voc(tmp_path, server, archives):  # noqa: F811
+def test_whole_pipeline_on_the_served_voc(tmp_path, server, archives):
     work = copy_workflow(tmp_path / "w")
     cfg = _tiny_voc_config(work, server, archives)
     run([BIN / "snakemake", "--cores", "2", "--configfile", cfg], cwd=work)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
 
-from test_download import (  # noqa: F401  (archives, server are fixtures)
+from test_download import (
     OBJECTS,
     SBD_ONLY,
     SBD_TRAIN,
@@ -19,9 +18,7 @@ from test_download import (  # noqa: F401  (archives, server are fixtures)
     TRAIN_AUG,
     VOC_TRAIN,
     VOC_VAL,
-    archives,
     make_mask,
-    server,
     xml_classes,
 )
 from wsss.data import download as dl
