@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 CORES  ?= all
 
-.PHONY: run test dvc.yaml dvc-check bench clean-smoke
+.PHONY: run test slurm-test dvc.yaml dvc-check bench clean-smoke
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The smoke DAG through SLURM on a single-node cluster on 127.0.0.1: installs Debian's slurm-wlm and munge when
+# missing (root, apt-get), then runs only tests/test_slurm.py (`make test` runs it only where they are installed).
+slurm-test: $(STAMP)
+	bash tests/slurm/localslurm.sh install
+	$(BIN)/python -m pytest -q -m slurm tests/test_slurm.py
 
 dvc.yaml: $(STAMP)
 	$(BIN)/wsss-dvc-yaml --configfile config/config.yaml --out dvc.yaml

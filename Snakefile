@@ -17,6 +17,7 @@ include: "workflow/rules/classify.smk"
 include: "workflow/rules/cams.smk"
 include: "workflow/rules/refine.smk"
 include: "workflow/rules/segment.smk"
+include: "workflow/rules/single_stage.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -7,7 +7,7 @@
 - crf: dense-CRF pseudo labels, images per second with 1 process and with every core (target >= 1.8x on 2).
 - miou: confusion-matrix mIoU evaluation throughput (megapixels per second).
 - cam: CAM extraction (the stage, with I/O) versus the bare forward passes it needs (target overhead <= 1.5x);
-  needs results/default/models/supportnet/checkpoint.pt.
+  needs results/default/seed0/models/supportnet/checkpoint.pt.
 - e2e_smoke: the smoke config end to end from scratch in a temporary copy, and its no-change re-run.
 - e2e_default (opt-in, ~20 min): the embedded default end to end from scratch (target <= 20 min on 2 cores).
 - rw: the sparse random walk at 128², 256², 512² (benchmarks/random_walk.py; target 512² within 4 GB).
@@ -97,7 +97,7 @@ def bench_cam(n: int = 100) -> dict:
     from wsss.stages import extract_cams
     from wsss.stages.train_cam import load_cam_net
 
-    ckpt = REPO / "results/default/models/supportnet/checkpoint.pt"
+    ckpt = REPO / "results/default/seed0/models/supportnet/checkpoint.pt"
     data = REPO / "results/default/data/VOC2012"
     if not ckpt.is_file():
         return {"status": "no results/default run (make run first)"}

@@ -106,3 +106,18 @@ def test_affinity_net_embedding_stride8():
     assert e.shape == (1, 32, 8, 6)
     aff = pairwise_affinity(e, neighbour_offsets(3))
     assert aff.shape == (1, 12, 8, 6) and float(aff.max()) <= 1.0 and float(aff.min()) >= 0.0
+
+
+def test_affinity_net_embedding_stride4_uses_layer1():
+    from wsss.models.affinity_net import AffinityNet
+
+    torch.manual_seed(0)
+    net = AffinityNet({"name": "resnet_small", "widths": (8, 8, 16, 16)}, embed_dim=16, stride=4).eval()
+    x = torch.rand(1, 3, 64, 48)
+    with torch.no_grad():
+        e = net(x)
+        assert e.shape == (1, 16, 16, 12)
+        net.proj[0].weight.zero_()  # the layer1 projection feeds the embedding
+        assert not torch.allclose(net(x), e)
+    with pytest.raises(ValueError, match="stride"):
+        AffinityNet({"name": "resnet_small"}, stride=16)

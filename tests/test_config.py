@@ -82,7 +82,7 @@ def test_bad_values_fail_naming_the_key(bad, key):
 
 def test_load_names_the_file(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text("seed: -1\n")
+    p.write_text("seeds: [-1]\n")
     with pytest.raises(WsssInputError, match=r"c\.yaml.*seed"):
         config.load(p)
     with pytest.raises(WsssInputError, match="not found"):
@@ -113,3 +113,30 @@ def test_validation_accepts_exactly_the_legal_values(lr, epochs):
     else:
         with pytest.raises(WsssInputError, match="supportnet.train"):
             config.validate(raw)
+
+
+@pytest.mark.parametrize("bad, key", [
+    ({"refine": {"random_walk": {"nets": ["mainnet_rcm"]}}}, "mainnet_rcm.*not in refine.crf_nets"),
+    ({"mainnet": {"variants": ["baseline"], "final_variant": "baseline"},
+      "refine": {"crf_nets": ["mainnet_baseline"], "random_walk": {"nets": ["mainnet_mam"]}}},
+     "random_walk.nets names 'mainnet_mam', which is not trained"),
+    ({"segment": {"pseudo_labels": "rw"}}, "segment.pseudo_labels is rw.*not in refine.random_walk.nets"),
+])
+def test_random_walk_consistency(bad, key):
+    with pytest.raises(WsssInputError, match=key):
+        config.validate(bad, source="x.yaml")
+
+
+def test_random_walk_with_cam_labels_needs_no_crf():
+    cfg = config.validate({"refine": {"random_walk": {"nets": ["mainnet_rcm"], "label_source": "cams"}}})
+    assert cfg["refine"]["random_walk"]["nets"] == ["mainnet_rcm"]
+
+
+def test_seeds_and_run_seed():
+    cfg = config.validate({"seeds": [3, 5]})
+    assert config.run_seed(cfg, None) == 3 and config.run_seed(cfg, 5) == 5
+    assert config.seed_of(cfg) == 3 and config.seed_of({**cfg, "seed": 5}) == 5
+    with pytest.raises(WsssInputError, match="seed 4 is not among `seeds`"):
+        config.run_seed(cfg, 4, source="c.yaml")
+    with pytest.raises(WsssInputError, match="seeds"):
+        config.validate({"seeds": [1, 1]})

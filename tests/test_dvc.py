@@ -26,8 +26,8 @@ def test_generated_stages_mirror_snakemake_jobs():
     crf = stages["crf_supportnet"]
     assert crf["cmd"].startswith("wsss crf --config config/config.yaml --threads 0")
     assert {"config/config.yaml": ["data", "refine"]} in crf["params"]
-    assert "results/default/cams/supportnet" in crf["deps"]
-    assert crf["metrics"] == [{"results/default/metrics/pseudo_supportnet_crf.json": {"cache": False}}]
+    assert "results/default/seed0/cams/supportnet" in crf["deps"]
+    assert crf["metrics"] == [{"results/default/seed0/metrics/pseudo_supportnet_crf.json": {"cache": False}}]
     # no out is declared twice and none lies inside another (DVC rejects overlapping outs)
     outs = [o if isinstance(o, str) else next(iter(o)) for s in stages.values()
             for k in ("outs", "metrics", "plots") for o in s.get(k, [])]
@@ -50,30 +50,30 @@ def test_dvc_repro_runs_the_smoke_pipeline(tmp_path, smoke_run):
     assert "cam_supportnet.json" in json.dumps(shown)
     # the same pipeline: DVC's metric files equal the Snakemake run's (same config, same seed, CPU)
     # (two independent runs of the smoke DAG, same seed: every metric file is identical)
-    names = sorted(p.name for p in (smoke_run / "results/smoke/metrics").glob("*.json"))
+    names = sorted(p.name for p in (smoke_run / "results/smoke/seed0/metrics").glob("*.json"))
     assert len(names) == 1 + 5 + 5 + 3 + 2 + 2  # data, train_*, cam_*, pseudo_*, train_seg_*, seg_*
     for name in names:
-        a = (work / "results/smoke/metrics" / name).read_text()
-        b = (smoke_run / "results/smoke/metrics" / name).read_text()
+        a = (work / "results/smoke/seed0/metrics" / name).read_text()
+        b = (smoke_run / "results/smoke/seed0/metrics" / name).read_text()
         assert a == b, name
     # the config is DVC params: `dvc exp run -S` changes a value and re-runs only the stages that read it
     run(["git", "add", "-A"], cwd=work)
     run(["git", "commit", "-qm", "smoke"], cwd=work)
-    before = json.loads((work / "results/smoke/metrics/train_supportnet.json").read_text())
+    before = json.loads((work / "results/smoke/seed0/metrics/train_supportnet.json").read_text())
     p = run([BIN / "dvc", "exp", "run", "-S", "config/smoke.yaml:refine.crf.n_iter=3"], cwd=work, timeout=1200)
     ran = set(re.findall(r"Running stage '([\w]+)'", p.stdout + p.stderr))
     assert {"crf_supportnet", "crf_mainnet_baseline", "crf_mainnet_rcm_mam", "train_seg_pseudo", "report"} <= ran
     assert not any(s.startswith(("train_mainnet", "extract_cams", "train_supportnet", "train_seg_gt")) for s in ran)
-    assert json.loads((work / "results/smoke/metrics/train_supportnet.json").read_text()) == before
+    assert json.loads((work / "results/smoke/seed0/metrics/train_supportnet.json").read_text()) == before
     diff = run([BIN / "dvc", "params", "diff", "--json"], cwd=work).stdout
     assert "n_iter" in diff
     # checkpoints, CAMs and metrics round-trip through a (local directory) DVC remote
     store = tmp_path / "store"
     run([BIN / "dvc", "remote", "add", "-d", "-f", "local", str(store)], cwd=work)
     run([BIN / "dvc", "push"], cwd=work)
-    ckpt = work / "results/smoke/models/supportnet/checkpoint.pt"
+    ckpt = work / "results/smoke/seed0/models/supportnet/checkpoint.pt"
     digest = ckpt.read_bytes()
-    shutil.rmtree(work / "results/smoke/models")
+    shutil.rmtree(work / "results/smoke/seed0/models")
     shutil.rmtree(work / ".dvc/cache")
     run([BIN / "dvc", "pull"], cwd=work)
     assert ckpt.read_bytes() == digest

@@ -22,9 +22,10 @@ def _json(p: Path):
 
 
 def test_every_output_and_metric(smoke_run):
-    exp = smoke_run / "results" / "smoke"
-    ids = (exp / "data/VOC2012/ImageSets/Segmentation/train.txt").read_text().split()
-    val_ids = (exp / "data/VOC2012/ImageSets/Segmentation/val.txt").read_text().split()
+    root = smoke_run / "results" / "smoke"
+    exp = root / "seed0"  # the smoke config has one seed
+    ids = (root / "data/VOC2012/ImageSets/Segmentation/train.txt").read_text().split()
+    val_ids = (root / "data/VOC2012/ImageSets/Segmentation/val.txt").read_text().split()
     assert len(ids) == 24 and len(val_ids) == 12
     for net in NETS:
         ck = __import__("torch").load(exp / f"models/{net}/checkpoint.pt", weights_only=False)
@@ -38,7 +39,7 @@ def test_every_output_and_metric(smoke_run):
         cams = sorted((exp / f"cams/{net}").glob("*.npz"))
         assert [c.stem for c in cams] == sorted(ids)
         z = np.load(cams[0])
-        img = Image.open(exp / f"data/VOC2012/JPEGImages/{cams[0].stem}.jpg")
+        img = Image.open(root / f"data/VOC2012/JPEGImages/{cams[0].stem}.jpg")
         assert z["cam"].dtype == np.float16 and z["cam"].shape[1:] == (img.height, img.width)
         assert z["cam"].max() <= 1.0 + 1e-3
         hist = _json(exp / f"metrics/train_{net}.json")["history"]
@@ -46,6 +47,11 @@ def test_every_output_and_metric(smoke_run):
     for net in CRF_NETS:
         m = _json(exp / f"metrics/pseudo_{net}_crf.json")
         assert 0 <= m["miou"] <= 1
+        # smoke: refine.calibrate_background crf_sweep over alphas 1, 2, 4 on 6 images; the best one is used
+        cal = m["protocol"]["background_calibration"]
+        assert [r["bg_alpha"] for r in cal["curve"]] == [1.0, 2.0, 4.0] and cal["images"] == 6
+        assert cal["chosen"] == max(cal["curve"], key=lambda r: r["miou"])["bg_alpha"]
+        assert f"alpha {cal['chosen']:.4g}" in m["protocol"]["background"]
         pngs = sorted((exp / f"pseudo/{net}_crf").glob("*.png"))
         assert len(pngs) == len(ids)
         assert Image.open(pngs[0]).mode == "P"
@@ -53,12 +59,45 @@ def test_every_output_and_metric(smoke_run):
         m = _json(exp / f"metrics/seg_{src}.json")
         assert 0 <= m["miou"] <= 1 and 0 <= m["miou_crf"] <= 1
         assert len(list((exp / f"seg/{src}/val").glob("*.png"))) == 2
-    rep = exp / "report"
+    # the affinity random walk on the final MainNet, and DeepLab trained on its labels (smoke: pseudo_labels rw)
+    rw = _json(exp / "metrics/pseudo_mainnet_rcm_mam_rw.json")
+    assert 0 <= rw["miou"] <= 1 and rw["protocol"]["refinement"] == "affinity random walk"
+    rw_pngs = sorted((exp / "pseudo/mainnet_rcm_mam_rw").glob("*.png"))
+    assert len(rw_pngs) == len(ids)
+    labels_rw = np.array(Image.open(rw_pngs[0]))
+    z = np.load(exp / f"cams/mainnet_rcm_mam/{rw_pngs[0].stem}.npz")
+    assert set(np.unique(labels_rw)) <= {0, *z["keys"].tolist()}  # only the image's classes and background
+    assert "mainnet_rcm_mam_rw" in _json(exp / "metrics/seg_pseudo.json")["train_labels"]
+    assert _json(exp / "metrics/train_affinity_mainnet_rcm_mam.json")["history"]
+    # class-balanced CE: the weights written are median-frequency weights of the label counts
+    tr = _json(exp / "metrics/train_seg_pseudo.json")
+    counts = {k: v for k, v in tr["label_pixel_counts"].items() if v > 0}
+    med = float(np.median([c / sum(counts.values()) for c in counts.values()]))
+    for k, c in counts.items():
+        assert abs(tr["class_weights"][k] - med / (c / sum(counts.values()))) < 1e-4
+    # the VOC-server export: one palette PNG per image of the split under the comp6 path, ids 0..20
+    import tarfile
+
+    with tarfile.open(exp / "export/voc_val_comp6.tar.gz") as tar:
+        names = sorted(tar.getnames())
+        assert names == sorted(f"results/VOC2012/Segmentation/comp6_test_cls/{i}.png" for i in val_ids)
+        png = Image.open(tar.extractfile(names[0]))
+        assert png.mode == "P" and np.array(png).max() <= 20
+        assert png.size == Image.open(root / f"data/VOC2012/JPEGImages/{Path(names[0]).stem}.jpg").size
+    rep = root / "report"
     html = (rep / "index.html").read_text()
     assert "http://" not in html.replace("http://www.w3.org", "") and "data:image/png;base64" in html
     csv = (rep / "tables.csv").read_text()
     # a number in the report is the number in the metric file
     assert f"{_json(exp / 'metrics/cam_supportnet.json')['miou']:.6f}"[:6] in csv
+    md = (rep / "tables.md").read_text()
+    assert "+random walk pseudo labels" in md and "Mean and spread over seeds" in md
+    # the single-stage method (AA&LR): four variants trained, evaluated and in the report
+    for v in ("baseline", "aa", "lr", "aa_lr"):
+        m = _json(exp / f"metrics/seg_single_stage_{v}.json")
+        assert 0 <= m["miou"] <= 1 and 0 <= m["miou_crf"] <= 1
+        assert f"seed0/metrics/seg_single_stage_{v}.json" in md
+    assert "AA&LR single-stage model (val)" in md and "1-stage +AA+LR" in md
     for fig in ("threshold_curves", "training_curves", "qualitative_train", "qualitative_val", "synthetic_samples"):
         assert (rep / "figures" / f"{fig}.png").is_file()
     # no temporary leftovers of the atomic writers
@@ -88,11 +127,33 @@ def test_changing_a_crf_parameter_reruns_only_refinement_and_after(smoke_run):
         jobs = _dry_run_jobs(smoke_run)
     finally:
         cfg_path.write_text(original)
-    assert jobs == {"crf": 3, "train_seg": 1, "eval_seg": 1, "report": 1, "all": 1}
+    # CRF labels feed the affinity net (label_source crf), whose walk feeds DeepLab (pseudo_labels rw)
+    assert jobs == {"crf": 3, "train_affinity": 1, "random_walk": 1, "train_seg": 1, "eval_seg": 1,
+                    "export_seg": 1, "report": 1, "all": 1}
+
+
+def test_adding_a_seed_runs_only_that_seed(smoke_run):
+    cfg_path = smoke_run / "config/smoke.yaml"
+    original = cfg_path.read_text()
+    try:
+        cfg = yaml.safe_load(original)
+        cfg["seeds"] = [0, 1]
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        jobs = _dry_run_jobs(smoke_run)
+        out = run([BIN / "snakemake", "-n", "--cores", "2", "--configfile", "config/smoke.yaml"], cwd=smoke_run)
+    finally:
+        cfg_path.write_text(original)
+    # every per-seed job once (for seed 1), the shared data not again, and the report that gathers both seeds
+    assert jobs == {"train_supportnet": 1, "train_mainnet": 4, "extract_cams": 5, "eval_cams": 5, "crf": 3,
+                    "train_affinity": 1, "random_walk": 1, "train_seg": 2, "eval_seg": 2, "export_seg": 1,
+                    "train_single_stage": 4, "eval_single_stage": 4, "report": 1, "all": 1}
+    text = out.stdout + out.stderr
+    assert "results/smoke/seed1/" in text
+    assert not re.search(r"output: [^\n]*results/smoke/seed0/", text)
 
 
 def test_command_line_overrides_are_refused(smoke_run):
-    p = run([BIN / "snakemake", "-n", "--configfile", "config/smoke.yaml", "--config", "seed=3"],
+    p = run([BIN / "snakemake", "-n", "--configfile", "config/smoke.yaml", "--config", "name=other"],
             cwd=smoke_run, check=False)
     assert p.returncode != 0
     assert "--config do not reach the stages" in p.stdout + p.stderr

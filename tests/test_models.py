@@ -162,3 +162,41 @@ def test_freeze_bn_really_freezes():
     # convolutions still train
     out_full.sum().backward()
     assert net.classifier.weight.grad is not None
+
+
+@pytest.mark.parametrize("name", ["deeplabv2_small", "deeplabv3plus_small"])
+def test_deeplab_v2_and_v3plus_output_at_input_size_with_backbone(name):
+    net = build_segmenter(name, num_classes=21, backbone_cfg=dict(SMALL), atrous_rates=(1, 2, 3, 4)[: 4 if "v2" in name else 3],
+                          aspp_channels=8).eval()
+    with torch.no_grad():
+        y = net(torch.randn(2, 3, 50, 46))
+    assert y.shape == (2, 21, 50, 46)
+    # the backbone runs at the architecture's output stride (v2: 8, v3+: 16) whatever the config said
+    assert net.backbone.output_stride == (8 if "v2" in name else 16)
+
+
+def test_deeplab_v2_head_is_a_sum_of_atrous_classifiers():
+    from wsss.models.deeplab import ASPPv2
+
+    head = ASPPv2(4, 3, rates=(1, 2))
+    x = torch.randn(1, 4, 9, 9)
+    # summing the branches is DeepLab-v2's fusion: the head equals the sum of its parts
+    assert torch.allclose(head(x), head.branches[0](x) + head.branches[1](x))
+    assert head.branches[1].dilation == (2, 2) and head.branches[1].padding == (2, 2)
+
+
+def test_deeplab_v3plus_uses_low_level_features():
+    net = build_segmenter("deeplabv3plus_small", num_classes=5, backbone_cfg=dict(SMALL), atrous_rates=(1, 2),
+                          aspp_channels=8).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        base = net(x)
+        net.low[0].weight.zero_()  # cut the decoder's low-level path: the output must change
+        cut = net(x)
+    assert not torch.allclose(base, cut)
+
+
+def test_deeplab_v2_resnet101_builds_without_weights():
+    net = build_segmenter("deeplabv2_resnet101", num_classes=21, atrous_rates=(6, 12, 18, 24)).eval()
+    assert net.backbone.output_stride == 8 and net.backbone.out_channels == 2048
+    assert len(net.aspp.branches) == 4

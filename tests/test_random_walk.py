@@ -112,3 +112,29 @@ def test_rw_label_irn_and_psa_background():
     psa = rw_label(cam, [7, 12], aff, offs, beta=8, n_steps=256, bg_power=16)
     assert psa[region.numpy() == 2].tolist() == [0] * 40  # background plane wins where there is no CAM
     assert rw_label(np.zeros((0, h, w)), [], aff, offs).tolist() == np.zeros((h, w)).tolist()
+
+
+def test_stage_walk_spreads_a_cam_within_its_affinity_region_only():
+    """refine_rw.image_label: a CAM peak in the left half of an image whose affinity embedding splits it into
+    left/right regions spreads over the whole left half (its region) and never into the right half."""
+    from wsss.stages.refine_rw import image_label
+
+    class TwoRegions(torch.nn.Module):
+        def forward(self, x):
+            emb = torch.zeros(1, 4, 8, 8)
+            emb[:, :, :, 4:] = 5.0  # right half far from the left in embedding space: affinity exp(-5)
+            return emb
+
+    rw = {"image_scale": 1.0, "radius": 3, "beta": 8.0, "n_steps": 64, "bg_mode": "irn", "bg_score": 0.25,
+          "bg_power": 16.0}
+    image = np.zeros((64, 64, 3), np.uint8)
+    cam = np.zeros((1, 64, 64), np.float32)
+    cam[0, 24:40, 8:24] = 1.0  # a peak inside the left half
+    label = image_label(TwoRegions(), image, cam, np.array([7]), rw)
+    assert label.shape == (64, 64)
+    assert (label[:, :28] == 7).mean() > 0.95  # the left half (up to the upsampling seam) is class 7
+    assert (label[:, 36:] == 0).all()  # the walk does not cross into the right half
+    # without the walk (0 steps) the class stays near the peak: the walk is what spread it
+    rw0 = dict(rw, n_steps=0)
+    label0 = image_label(TwoRegions(), image, cam, np.array([7]), rw0)
+    assert (label0[:, :28] == 7).mean() < (label[:, :28] == 7).mean()

@@ -223,3 +223,48 @@ def test_pipeline_follows_the_configured_final_variant(exp: Path) -> None:
     row = [r for r in pl.index if r.endswith(" CAM") and r.startswith("MainNet")]
     assert row == ["MainNet baseline (fair control) CAM"]
     assert pl.loc[row[0], "miou"] == pytest.approx(CAM["mainnet_baseline"][0])
+
+
+def test_random_walk_and_single_stage_rows(exp: Path) -> None:
+    m = exp / "metrics"
+    write_json(m / "pseudo_mainnet_rcm_mam_rw.json", {"net": "mainnet_rcm_mam", "protocol": _protocol("train"),
+                                                      "miou": 0.61, "per_class_iou": {}})
+    for v, (a, b) in {"baseline": (0.40, 0.45), "aa": (0.43, 0.47), "lr": (0.39, 0.44), "aa_lr": (0.44, 0.50)}.items():
+        write_json(m / f"seg_single_stage_{v}.json", {
+            "variant": v, "protocol": _protocol("val"), "miou": a, "miou_crf": b,
+            "pseudo_labels": {"masks": {"miou": a + 0.1}, "pamr_pseudo_gt": {"miou": a + 0.2}}})
+    s = run(exp, rw_nets=["mainnet_rcm_mam"], ss_variants=["baseline", "aa", "lr", "aa_lr"])
+    ss = table(s, "single_stage").set_index("method")
+    assert ss.loc["1-stage +AA+LR", "val_miou"] == pytest.approx(0.44)
+    assert ss.loc["1-stage +AA+LR", "delta_val_crf"] == pytest.approx(0.05)  # 0.50 - 0.45 (the 1-stage baseline)
+    assert ss.loc["1-stage +LR", "delta_val"] == pytest.approx(-0.01)
+    assert ss.loc["1-stage +AA", "train_pseudo_gt_miou"] == pytest.approx(0.63)
+    two = ss.loc["two-stage: DeepLab on the MainNet's pseudo labels"]
+    assert two["val_miou"] == pytest.approx(SEG["pseudo"][0])
+    ab = table(s, "ablation").set_index("net")
+    assert ab.loc["mainnet_rcm_mam", "rw_miou"] == pytest.approx(0.61)
+    pipe = table(s, "pipeline")
+    assert any(pipe["stage"].str.startswith("+random walk pseudo labels")) and 0.61 in pipe["miou"].round(6).tolist()
+    seeds = table(s, "seeds")
+    row = seeds[(seeds["quantity"] == "single-stage val mIoU +CRF") & (seeds["net"] == "single_stage_aa_lr")]
+    assert row["mean"].iloc[0] == pytest.approx(0.50) and row["n_seeds"].iloc[0] == 1
+
+
+def test_seed_table_mean_spread_and_paired_delta(tmp_path: Path) -> None:
+    root = tmp_path / "results" / "multi"
+    for k, shift in ((0, 0.0), (1, 0.02), (2, -0.02)):
+        write_metrics(root / f"seed{k}")
+        # seed k moves the full model and the control by the same shift, plus a fixed +0.03 for the full model
+        for net, extra in (("mainnet_baseline", 0.0), ("mainnet_rcm_mam", 0.03)):
+            p = root / f"seed{k}" / "metrics" / f"cam_{net}.json"
+            d = read_json(p)
+            d["miou"] = 0.5 + shift + extra
+            write_json(p, d)
+    write_data(root)
+    s = run(root, seeds=[0, 1, 2])
+    seeds = table(s, "seeds")
+    full = seeds[(seeds["quantity"] == "CAM mIoU (train)") & (seeds["net"] == "mainnet_rcm_mam")].iloc[0]
+    assert full["n_seeds"] == 3 and full["mean"] == pytest.approx(0.53) and full["sd"] == pytest.approx(0.02)
+    # the paired delta removes the shared seed shift: exactly +0.03 with no spread
+    assert full["delta_vs_control"] == pytest.approx(0.03) and full["delta_sd"] == pytest.approx(0.0, abs=1e-12)
+    assert "seed0/metrics/cam_supportnet.json" in table(s, "pipeline")["file"].tolist()

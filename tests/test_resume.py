@@ -26,7 +26,7 @@ EPOCHS = 4
 # 0.05 s) sees the state file at epoch 1..3 and kills before training ends.
 TINY_CFG = {
     "name": "tiny",
-    "seed": 0,
+    "seeds": [0],
     "data": {"synthetic": {"n_train": 256, "n_val": 6, "size_min": 96, "size_max": 112}},
     "supportnet": {"backbone": {"widths": [8, 8, 16, 16]},
                    "train": {"epochs": EPOCHS, "batch_size": 8, "crop": 96}},
@@ -114,7 +114,7 @@ SMOKE = ["--cores", "1", "--configfile", "config/smoke.yaml"]
 @pytest.mark.e2e
 def test_interrupted_dag_leaves_nothing_complete_and_rerun_incomplete_finishes(tmp_path):
     work = copy_workflow(tmp_path / "wf")
-    res = work / "results" / "smoke"
+    res = work / "results" / "smoke" / "seed0"
     out_file = tmp_path / "snakemake-1.out"
     out = open(out_file, "w")
     proc = subprocess.Popen([BIN / "snakemake", *SMOKE], cwd=work, env=env_with_venv(), stdout=out,

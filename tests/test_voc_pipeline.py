@@ -69,9 +69,9 @@ def test_whole_pipeline_on_the_served_voc(tmp_path, server, archives):
     work = copy_workflow(tmp_path / "w")
     cfg = _tiny_voc_config(work, server, archives)
     run([BIN / "snakemake", "--cores", "2", "--configfile", cfg], cwd=work)
-    seg = json.loads((work / "results/vocmini/metrics/seg_pseudo.json").read_text())
+    seg = json.loads((work / "results/vocmini/seed0/metrics/seg_pseudo.json").read_text())
     assert seg["protocol"]["split"] == "val" and 0 <= seg["miou"] <= 1
-    cam = json.loads((work / "results/vocmini/metrics/cam_supportnet.json").read_text())
+    cam = json.loads((work / "results/vocmini/seed0/metrics/cam_supportnet.json").read_text())
     assert cam["protocol"]["split"] == "train" and "part_recall" not in cam  # no synthetic probes on real data
     assert (work / "results/vocmini/report/index.html").is_file()
 

@@ -83,7 +83,23 @@ def cmd_crf(a, cfg):
     from wsss.stages import refine_crf
 
     refine_crf.run(cfg, net_name=a.net, cams_dir=Path(a.cams), data_root=Path(a.data), split=a.split,
-                   eval_split=a.eval_split, out_dir=Path(a.out), metrics_out=Path(a.metrics), threads=a.threads)
+                   eval_split=a.eval_split, out_dir=Path(a.out), metrics_out=Path(a.metrics), threads=a.threads,
+                   cam_metrics=_p(a.cam_metrics))
+
+
+def cmd_train_affinity(a, cfg):
+    from wsss.stages import train_affinity
+
+    train_affinity.run(cfg, net_name=a.net, data_root=Path(a.data), labels=Path(a.labels), cams_dir=_p(a.cams),
+                       out=Path(a.out), metrics_out=Path(a.metrics), plot_out=Path(a.plot), state_path=Path(a.state),
+                       support_ckpt=_p(a.support))
+
+
+def cmd_random_walk(a, cfg):
+    from wsss.stages import refine_rw
+
+    refine_rw.run(cfg, net_name=a.net, checkpoint=Path(a.checkpoint), cams_dir=Path(a.cams), data_root=Path(a.data),
+                  split=a.split, eval_split=a.eval_split, out_dir=Path(a.out), metrics_out=Path(a.metrics))
 
 
 def cmd_train_seg(a, cfg):
@@ -99,6 +115,28 @@ def cmd_eval_seg(a, cfg):
 
     eval_seg.run(cfg, source=a.source, checkpoint=Path(a.checkpoint), data_root=Path(a.data), split=a.split,
                  out=Path(a.out), pred_dir=Path(a.pred_dir), threads=a.threads)
+
+
+def cmd_train_single_stage(a, cfg):
+    from wsss.stages import train_single_stage
+
+    train_single_stage.run(cfg, variant=a.variant, data_root=Path(a.data), out=Path(a.out), metrics_out=Path(a.metrics),
+                           plot_out=Path(a.plot), state_path=Path(a.state), support_ckpt=_p(a.support))
+
+
+def cmd_eval_single_stage(a, cfg):
+    from wsss.stages import infer_single_stage
+
+    infer_single_stage.run(cfg, variant=a.variant, checkpoint=Path(a.checkpoint), data_root=Path(a.data),
+                           split=a.split, cam_split=a.cam_split, out=Path(a.out), pred_dir=Path(a.pred_dir),
+                           threads=a.threads)
+
+
+def cmd_export_seg(a, cfg):
+    from wsss.stages import export_seg
+
+    export_seg.run(cfg, checkpoint=Path(a.checkpoint), data_root=Path(a.data), split=a.split, out=Path(a.out),
+                   metrics_out=Path(a.metrics), threads=a.threads)
 
 
 def cmd_report(a, cfg):
@@ -121,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--log", help="append the stage's log to this file")
         s.add_argument("--threads", type=int, default=int(os.environ.get("WSSS_THREADS", "1")),
                        help="CPU threads / worker processes (Snakemake passes {threads}; 0 = all cores)")
+        s.add_argument("--seed", type=int, default=None,
+                       help="the run's seed, one of the config's `seeds` (Snakemake passes {wildcards.seed}); "
+                            "default: the first of `seeds`")
         s.set_defaults(func=fn)
         return s
 
@@ -164,6 +205,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-split", required=True, help="images whose GT scores the pseudo labels (cam_split)")
     s.add_argument("--out", required=True)
     s.add_argument("--metrics", required=True)
+    s.add_argument("--cam-metrics", help="the net's eval_cams JSON (refine.calibrate_background)")
+    s = stage("train-affinity", cmd_train_affinity, "train the affinity network on confident pseudo labels")
+    s.add_argument("--net", required=True, help="the CAM network whose labels it learns from")
+    s.add_argument("--data", required=True)
+    s.add_argument("--labels", required=True,
+                   help="label folder: the net's CRF pseudo labels (label_source crf), or where the confident CAM "
+                        "labels are written (label_source cams)")
+    s.add_argument("--cams", help="the net's CAM folder (label_source cams)")
+    s.add_argument("--support", help="SupportNet checkpoint (backbone initialisation)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--metrics", required=True)
+    s.add_argument("--plot", required=True, help="loss curve JSON (a DVC plot)")
+    s.add_argument("--state", required=True)
+    s = stage("random-walk", cmd_random_walk, "random-walk pseudo labels over learned affinities, and their mIoU")
+    s.add_argument("--net", required=True)
+    s.add_argument("--checkpoint", required=True, help="the affinity network")
+    s.add_argument("--cams", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--split", required=True)
+    s.add_argument("--eval-split", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--metrics", required=True)
     s = stage("train-seg", cmd_train_seg, "train DeepLab on pseudo labels or GT")
     s.add_argument("--source", required=True, choices=["pseudo", "gt"])
     s.add_argument("--data", required=True)
@@ -180,6 +243,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--pred-dir", required=True)
+    s = stage("train-single-stage", cmd_train_single_stage, "train a single-stage (AA&LR) variant end to end")
+    s.add_argument("--variant", required=True, choices=["baseline", "aa", "lr", "aa_lr"])
+    s.add_argument("--data", required=True)
+    s.add_argument("--support", help="SupportNet checkpoint (single_stage.init_from_supportnet)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--metrics", required=True)
+    s.add_argument("--plot", required=True, help="loss curve JSON (a DVC plot)")
+    s.add_argument("--state", required=True)
+    s = stage("eval-single-stage", cmd_eval_single_stage,
+              "single-stage val mIoU with and without CRF, and its mask / pseudo-GT mIoU on cam_split")
+    s.add_argument("--variant", required=True, choices=["baseline", "aa", "lr", "aa_lr"])
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--split", required=True)
+    s.add_argument("--cam-split", help="split whose GT scores the model's masks (single_stage.pseudo_eval)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--pred-dir", required=True)
+    s = stage("export-seg", cmd_export_seg, "predictions of a split packed in the VOC evaluation server's format")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--split", required=True)
+    s.add_argument("--out", required=True, help="the .tar.gz to upload")
+    s.add_argument("--metrics", required=True)
     s = stage("report", cmd_report, "regenerate tables, figures and the HTML report from the metric files")
     s.add_argument("--exp", required=True, help="results/<name>")
     s.add_argument("--out", required=True)
@@ -192,7 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("wsss")
     try:
         cfg = wconfig.load(args.config)
+        cfg["seed"] = wconfig.run_seed(cfg, args.seed, source=args.config)
         args.threads = _threads(args.threads)
+        from wsss.engine import distributed
+
+        distributed.init()  # under torchrun: join the process group (a no-op for one process)
         t0 = time.time()
         args.func(args, cfg)
         log.info("wsss %s done in %.1f s", args.stage, time.time() - t0)
@@ -210,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", msg)
         print(f"wsss {args.stage}: error: {msg}", file=sys.stderr)
         return 28
+    finally:
+        if "torch.distributed" in sys.modules:
+            from wsss.engine import distributed
+
+            distributed.cleanup()
 
 
 if __name__ == "__main__":

@@ -126,6 +126,24 @@ def _check_consistency(cfg: dict, source: str) -> None:
             raise WsssInputError(
                 f"{source}: refine.crf_nets names '{net}', which is not trained (mainnet.variants = {variants})"
             )
+    rw = cfg["refine"]["random_walk"]
+    for net in rw["nets"]:
+        if net not in nets:
+            raise WsssInputError(
+                f"{source}: refine.random_walk.nets names '{net}', which is not trained (mainnet.variants = {variants})"
+            )
+        if rw["label_source"] == "crf" and net not in cfg["refine"]["crf_nets"]:
+            raise WsssInputError(
+                f"{source}: refine.random_walk.nets names '{net}' with label_source crf, but '{net}' is not in "
+                "refine.crf_nets; add it there or set refine.random_walk.label_source: cams"
+            )
+    final = f"mainnet_{cfg['mainnet']['final_variant']}"
+    if cfg["segment"]["pseudo_labels"] == "rw" and final not in rw["nets"]:
+        raise WsssInputError(
+            f"{source}: segment.pseudo_labels is rw but the final MainNet '{final}' is not in refine.random_walk.nets"
+        )
+    if cfg["segment"]["pseudo_labels"] == "crf" and final not in cfg["refine"]["crf_nets"]:
+        raise WsssInputError(f"{source}: segment.pseudo_labels is crf but '{final}' is not in refine.crf_nets")
 
 
 def load(path: str | os.PathLike) -> dict:
@@ -154,4 +172,23 @@ def nets(cfg: dict) -> list[str]:
 
 
 def seg_sources(cfg: dict) -> list[str]:
+    if not cfg["segment"]["enabled"]:
+        return []
     return ["pseudo"] + (["gt"] if cfg["segment"]["upper_bound"] else [])
+
+
+def run_seed(cfg: dict, seed: int | None, source: str = "config") -> int:
+    """The seed one stage runs with: ``seed`` (the Snakemake ``{seed}`` wildcard) if given, else ``seeds[0]``.
+
+    A seed outside ``seeds`` is refused: its results would live in a tree the report never reads."""
+    seeds = cfg["seeds"]
+    if seed is None:
+        return int(seeds[0])
+    if seed not in seeds:
+        raise WsssInputError(f"{source}: seed {seed} is not among `seeds` {seeds}; add it to `seeds` in that file")
+    return int(seed)
+
+
+def seed_of(cfg: dict) -> int:
+    """The seed a stage runs with: the one the CLI resolved (``cfg["seed"]``), else the first of ``seeds``."""
+    return int(cfg["seed"]) if "seed" in cfg else int(cfg["seeds"][0])

@@ -36,8 +36,8 @@ def _stage_module(cmd: str) -> str | None:
         return None
     module = {
         "make-data": "make_data", "download": "prepare_data", "prepare-voc": "prepare_data", "train-cam": "train_cam", "extract-cams": "extract_cams",
-        "eval-cams": "eval_cams", "crf": "refine_crf", "train-seg": "train_seg", "eval-seg": "eval_seg",
-        "report": "report",
+        "eval-cams": "eval_cams", "crf": "refine_crf", "train-affinity": "train_affinity", "random-walk": "refine_rw", "export-seg": "export_seg", "train-seg": "train_seg", "eval-seg": "eval_seg",
+        "report": "report", "train-single-stage": "train_single_stage", "eval-single-stage": "infer_single_stage",
     }.get(m.group(1))
     return f"src/wsss/stages/{module}.py" if module else None
 

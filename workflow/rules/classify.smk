@@ -6,16 +6,19 @@ rule train_supportnet:
         data=DATA,
     output:
         ckpt=ckpt("supportnet"),
-        metrics=R("metrics/train_supportnet.json"),
-        plot=R("plots/train_supportnet.json"),
+        metrics=S("metrics/train_supportnet.json"),
+        plot=S("plots/train_supportnet.json"),
     params:
-        cfg=P("seed", "data.train_split", "data.val_split", "supportnet"),
-        state=R("state/supportnet.pt"),
+        launch=launcher,
+        cfg=P("data.train_split", "data.val_split", "supportnet"),
+        state=S("state/supportnet.pt"),
     log:
-        R("logs/train_supportnet.log"),
+        S("logs/train_supportnet.log"),
+    resources:
+        **GPU_JOB,
     threads: 2
     shell:
-        WSSS("train-cam") + " --net supportnet --data {input.data} --out {output.ckpt}"
+        WSSS("train-cam", gpu=True) + " --net supportnet --data {input.data} --out {output.ckpt}"
         " --metrics {output.metrics} --plot {output.plot} --state {params.state}"
 
 
@@ -24,15 +27,18 @@ rule train_mainnet:
         data=DATA,
         support=ckpt("supportnet"),
     output:
-        ckpt=R("models/mainnet_{variant}/checkpoint.pt"),
-        metrics=R("metrics/train_mainnet_{variant}.json"),
-        plot=R("plots/train_mainnet_{variant}.json"),
+        ckpt=S("models/mainnet_{variant}/checkpoint.pt"),
+        metrics=S("metrics/train_mainnet_{variant}.json"),
+        plot=S("plots/train_mainnet_{variant}.json"),
     params:
-        cfg=P("seed", "data.train_split", "data.val_split", "supportnet.backbone", "mainnet"),
-        state=R("state/mainnet_{variant}.pt"),
+        launch=launcher,
+        cfg=P("data.train_split", "data.val_split", "supportnet.backbone", "mainnet"),
+        state=S("state/mainnet_{variant}.pt"),
     log:
-        R("logs/train_mainnet_{variant}.log"),
+        S("logs/train_mainnet_{variant}.log"),
+    resources:
+        **GPU_JOB,
     threads: 2
     shell:
-        WSSS("train-cam") + " --net mainnet_{wildcards.variant} --data {input.data} --support {input.support}"
+        WSSS("train-cam", gpu=True) + " --net mainnet_{wildcards.variant} --data {input.data} --support {input.support}"
         " --out {output.ckpt} --metrics {output.metrics} --plot {output.plot} --state {params.state}"

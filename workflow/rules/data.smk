@@ -13,7 +13,7 @@ if CFG["data"]["source"] == "synthetic":
             R("logs/make_data.log"),
         threads: 1
         shell:
-            WSSS("make-data") + " --out {output.data} --metrics {output.metrics}"
+            WSSS("make-data", seeded=False) + " --out {output.data} --metrics {output.metrics}"
 
 else:
     VOC_CFG = CFG["data"]["voc"]
@@ -43,7 +43,7 @@ else:
             R("logs/download_{archive}.log"),
         threads: 1
         shell:
-            WSSS("download") + " --archive {wildcards.archive} --out {output}"
+            WSSS("download", seeded=False) + " --archive {wildcards.archive} --out {output}"
 
     rule make_data:
         input:
@@ -58,4 +58,4 @@ else:
             R("logs/make_data.log"),
         threads: 1
         shell:
-            WSSS("prepare-voc") + " --voc {input.voc} {params.sbd} --out {output.data} --metrics {output.metrics}"
+            WSSS("prepare-voc", seeded=False) + " --voc {input.voc} {params.sbd} --out {output.data} --metrics {output.metrics}"

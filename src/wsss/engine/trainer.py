@@ -1,5 +1,9 @@
 """Training plumbing shared by every training stage: seeding, optimiser and schedule, resumable checkpoints.
 
+Under ``torchrun`` (docs/architecture.md, "Multi-GPU") every process runs the same loop on its slice of each
+global batch with DDP; only rank 0 writes the state file and the checkpoint, and results do not depend on the
+number of processes (tests/test_distributed.py).
+
 A training stage writes two things:
 - ``state_path`` (outside the Snakemake/DVC outputs, e.g. ``results/<exp>/state/<net>.pt``): the full resumable
   state after every epoch — model, optimizer, scheduler, epoch, RNG states, history and the resolved config. A
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from wsss.engine import distributed as dist
 from wsss.io import atomic_path
 
 log = logging.getLogger("wsss")
@@ -167,14 +172,16 @@ def fit(
     ``step(batch)`` does forward, backward and optimizer/scheduler step and returns scalar losses (floats).
     ``end_of_epoch(epoch)`` may return extra scalars (e.g. val mAP) for the history.
     """
-    state.try_resume(state_path)
+    state.try_resume(state_path)  # every rank loads the same state
     state.model.train()
+    main = dist.is_main()
     for epoch in range(state.epoch, epochs):
         t0 = time.time()
         sums: dict[str, float] = {}
         n = 0
         loader = make_loader(epoch)
-        bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False, mininterval=5, disable=None)
+        bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False, mininterval=5,
+                   disable=None if main else True)
         for batch in bar:
             losses = step(batch)
             for k, v in losses.items():
@@ -182,6 +189,10 @@ def fit(
             n += 1
             if not math.isfinite(losses.get("loss", 0.0)):
                 raise FloatingPointError(f"{desc}: loss became {losses['loss']} at epoch {epoch + 1}; lower the learning rate")
+        if dist.world_size() > 1:  # the epoch's mean losses over every process (the same record on each rank)
+            keys = sorted(sums)
+            tot = dist.all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
+            sums = {k: float(v) / dist.world_size() for k, v in zip(keys, tot)}  # n (steps) is the same on all ranks
         record = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()}, "seconds": time.time() - t0}
         if end_of_epoch is not None:
             record.update(end_of_epoch(epoch))
@@ -189,8 +200,87 @@ def fit(
         state.history.append(record)
         state.epoch = epoch + 1
         log.info("%s %s", desc, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
-        save_checkpoint(state_path, state.to_dict())
+        if main:
+            save_checkpoint(state_path, state.to_dict())
+        dist.barrier()  # no rank runs ahead of the state file
     return state
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """Seed of sample ``index``'s augmentation in ``epoch``: a function of (seed, epoch, index) only."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1, np.uint64)[0])
+
+
+class EpochSeededDataset(torch.utils.data.Dataset):
+    """``dataset[index]`` with torch's CPU RNG seeded from (seed, epoch, index) for the call (and restored after).
+
+    The datasets draw their per-sample augmentation from torch's global RNG (``wsss.data.voc.sample_rng``), which
+    would make a sample's augmentation depend on how many samples its process drew before it, i.e. on the process
+    count and rank. Seeding per sample makes it depend on (seed, epoch, index) only.
+    """
+
+    def __init__(self, dataset, seed: int, epoch: int):
+        self.dataset, self.seed, self.epoch = dataset, int(seed), int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))
+            return self.dataset[index]
+
+
+def global_batches(n: int, global_batch: int, generator: torch.Generator, rank: int = 0, world: int = 1) -> list:
+    """Index lists of this rank's share of every global batch of an epoch.
+
+    The epoch's permutation is ``torch.randperm(n, generator=generator)``, the same on every rank; global batches
+    are its consecutive ``global_batch``-sized chunks (the last, partial one dropped); rank ``r`` takes the
+    ``r``-th contiguous slice of each, so the union over ranks of every step's batches is the single-process batch.
+    """
+    local = global_batch // world
+    order = torch.randperm(n, generator=generator).tolist()
+    return [order[b * global_batch + rank * local: b * global_batch + (rank + 1) * local]
+            for b in range(n // global_batch)]
+
+
+BATCHNORM_MODES = ("sync", "frozen", "local")
+
+
+def apply_batchnorm(net: torch.nn.Module, mode: str, world: int) -> torch.nn.Module:
+    """Prepare ``net``'s BatchNorms for training on ``world`` processes (config ``train.batchnorm``).
+
+    sync: statistics over the global batch (SyncBatchNorm; a no-op for one process, where BN already sees the
+    whole batch); frozen: eval-mode BN with frozen affine parameters on every process (IRN's FixedBatchNorm);
+    local: per-process statistics (results depend on the process count).
+    """
+    from wsss.models.backbones import freeze_bn
+
+    if mode not in BATCHNORM_MODES:
+        raise ValueError(f"train.batchnorm must be one of {BATCHNORM_MODES}, got {mode!r}")
+    if mode == "frozen":
+        return freeze_bn(net)
+    if mode == "sync" and world > 1:
+        return dist.convert_sync_batchnorm(net)
+    return net
+
+
+class _Objective(torch.nn.Module):
+    """``net`` plus the stage's objective, so that DDP wraps the whole step's forward (every call of ``net``)."""
+
+    def __init__(self, net: torch.nn.Module, objective: Callable):
+        super().__init__()
+        self.net = net
+        self.objective = objective
+
+    def forward(self, x: torch.Tensor, batch: dict) -> dict:
+        return self.objective(x, batch)
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def train(
@@ -206,30 +296,55 @@ def train(
     end_of_epoch: Callable[[int], dict] | None = None,
     extra: dict | None = None,
     desc: str = "train",
+    section: str | None = None,
 ) -> list[dict]:
     """Train ``net`` on ``dataset`` with the schedule ``tcfg`` (a config ``train`` section), then write the final
     checkpoint to ``out``. ``objective(x, batch)`` returns loss tensors including ``loss``.
 
-    Data order and augmentation depend only on (seed, epoch), so a resumed run replays the same batches.
-    Returns the per-epoch history without wall-clock timings (metric files must be deterministic).
+    Data order depends only on (seed, epoch) and a sample's augmentation only on (seed, epoch, index), so a
+    resumed run replays the same batches and the process count does not matter. ``tcfg["batch_size"]`` is the
+    global batch: under torchrun each of the W processes trains on its ``batch_size / W`` slice of every global
+    batch, with DDP averaging the gradients (``section`` names the config section in the error when W does not
+    divide it). The net is moved to :func:`wsss.engine.distributed.device`; the objective's other modules must
+    follow ``net``'s device. Returns the per-epoch history without wall-clock timings (metric files must be
+    deterministic).
     """
+    world, rank = dist.world_size(), dist.rank()
+    global_batch = tcfg["batch_size"]
+    key = f"{section}.train.batch_size" if section else f"train.batch_size ({desc})"
+    dist.local_batch_size(global_batch, world, key=key)  # refuses a global batch the processes do not divide
+    device = dist.device()
+    net.to(device)
+    net = apply_batchnorm(net, tcfg.get("batchnorm", "sync"), world)
     if tcfg["channels_last"]:
         net = net.to(memory_format=torch.channels_last)
-    steps_per_epoch = max(1, len(dataset) // tcfg["batch_size"])
+    steps_per_epoch = max(1, len(dataset) // global_batch)
     optimizer = build_optimizer(net.parameters(), tcfg)
     scheduler = build_scheduler(optimizer, tcfg, steps_per_epoch * tcfg["epochs"])
     state = TrainState(net, optimizer, scheduler, resolved)
+    forward = objective
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # find_unused_parameters: a stage's net may hold heads its objective does not use (CAMNet.proj)
+        # buffers (BN running statistics) start equal (synchronised at construction) and stay equal with
+        # batchnorm sync/frozen: no per-forward broadcast
+        forward = DistributedDataParallel(_Objective(net, objective),
+                                          device_ids=[device] if device.type == "cuda" else None,
+                                          forward_sync_buffers=False, find_unused_parameters=True)
 
     def make_loader(epoch: int):
         dataset.seed = seed * 1000 + epoch  # fresh augmentation each epoch, deterministic
-        return torch.utils.data.DataLoader(dataset, batch_size=tcfg["batch_size"], shuffle=True, drop_last=True,
-                                           generator=epoch_generator(seed, epoch), num_workers=0)
+        batches = global_batches(len(dataset), global_batch, epoch_generator(seed, epoch), rank, world)
+        return torch.utils.data.DataLoader(EpochSeededDataset(dataset, seed, epoch), batch_sampler=batches,
+                                           num_workers=0, generator=epoch_generator(seed, epoch))
 
     def step(batch: dict) -> dict:
+        batch = _to_device(batch, device)
         x = batch["image"]
         if tcfg["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
-        losses = objective(x, batch)
+        losses = forward(x, batch)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         optimizer.step()
@@ -238,8 +353,10 @@ def train(
 
     fit(state, epochs=tcfg["epochs"], make_loader=make_loader, step=step, state_path=state_path,
         end_of_epoch=end_of_epoch, desc=desc)
-    final = state.to_dict()
-    final.update(extra or {})
-    final["model"] = net.to(memory_format=torch.contiguous_format).state_dict()
-    save_checkpoint(out, final)
+    if dist.is_main():
+        final = state.to_dict()
+        final.update(extra or {})
+        final["model"] = net.to(memory_format=torch.contiguous_format).state_dict()
+        save_checkpoint(out, final)
+    dist.barrier()  # the checkpoint exists before any rank returns
     return [{k: v for k, v in h.items() if k != "seconds"} for h in state.history]

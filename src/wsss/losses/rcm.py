@@ -19,6 +19,8 @@ Classes: region value 0 = background, c + 1 = classifier output c, 255 = ignored
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,6 +81,7 @@ def class_prototypes(
     scope: str = "batch",
     weights: torch.Tensor | None = None,
     normalize_features: bool = True,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class-wise prototypes: mean of (L2-normalised) features under each region.
 
@@ -92,6 +95,9 @@ def class_prototypes(
     default uniform. ``scope='batch'`` pools over the whole batch -> protos
     [K,D], present [K]; ``scope='image'`` pools per image -> [B,K,D], [B,K].
     Absent prototypes are zero vectors with ``present`` False.
+    ``reduce`` (``scope='batch'`` only), e.g. ``wsss.engine.distributed.all_reduce_sum``, sums the per-class
+    feature sums and masses over the processes of a DDP run before normalising, so the prototypes are those of the
+    global batch on every process (as with one process).
     """
     if features.shape[-2:] != region.shape[-2:]:
         raise ValueError(f"features {tuple(features.shape)} and region {tuple(region.shape)} differ in size")
@@ -103,6 +109,8 @@ def class_prototypes(
     mass = onehot.sum(dim=1)  # [B,K]
     if scope == "batch":
         sums, mass = sums.sum(0), mass.sum(0)
+        if reduce is not None:
+            sums, mass = reduce(sums), reduce(mass)
     elif scope != "image":
         raise ValueError(f"scope must be 'batch' or 'image', got {scope!r}")
     present = mass > 0
@@ -119,7 +127,8 @@ def pixel_prototype_contrast(
     temperature: float = 0.1,
     labels: torch.Tensor | None = None,
     pixel_weights: torch.Tensor | None = None,
-) -> torch.Tensor:
+    return_count: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Pixel-to-prototype InfoNCE (PPC-style), averaged over labelled pixels.
 
         L = 1/|Omega| sum_{(b,i) in Omega} -log( exp(<f_bi, p_{y_bi}>/tau) / sum_{k in P_b} exp(<f_bi, p_k>/tau) )
@@ -131,6 +140,8 @@ def pixel_prototype_contrast(
     background + the classes of image b (our option; default: all present, as
     PPC). Optional ``pixel_weights`` [B,h,w] gives a weighted mean instead.
     Returns 0 (with a graph) when no pixel is labelled. tau = 0.1 from PPC.
+    ``return_count=True`` returns (loss, the mean's denominator: |Omega| or the weight sum), which a DDP run needs
+    to turn the per-process mean into the global-batch mean (``wsss.engine.distributed.global_mean``).
     """
     B, D, h, w = pixel_emb.shape
     if region.shape != (B, h, w):
@@ -153,12 +164,16 @@ def pixel_prototype_contrast(
     safe = torch.where(in_range, tgt, torch.zeros_like(tgt))
     valid = in_range & torch.gather(allowed, 1, safe)
     if not bool(valid.any()):
-        return pixel_emb.sum() * 0.0
+        zero = pixel_emb.sum() * 0.0
+        return (zero, zero.detach()) if return_count else zero
     nll = F.cross_entropy(logits[valid], tgt[valid], reduction="none")
     if pixel_weights is None:
-        return nll.mean()
-    wv = pixel_weights.flatten(1)[valid].to(nll.dtype)
-    return (wv * nll).sum() / wv.sum().clamp_min(1e-12)
+        loss, count = nll.mean(), torch.tensor(float(nll.numel()), dtype=nll.dtype, device=nll.device)
+    else:
+        wv = pixel_weights.flatten(1)[valid].to(nll.dtype)
+        count = wv.sum().clamp_min(1e-12)
+        loss = (wv * nll).sum() / count
+    return (loss, count.detach()) if return_count else loss
 
 
 class PrototypeMemory(nn.Module):

@@ -26,32 +26,38 @@ def _layer_channels(layer: nn.Sequential) -> int:
 
 
 class AffinityNet(nn.Module):
-    """``forward(x [B,3,H,W]) -> embedding [B, embed_dim, ⌈H/8⌉, ⌈W/8⌉]`` (stride 8)."""
+    """``forward(x [B,3,H,W]) -> embedding [B, embed_dim, ⌈H/s⌉, ⌈W/s⌉]`` at stride s = ``stride`` (8, PSA; or 4)."""
 
-    def __init__(self, backbone_cfg: dict, embed_dim: int = 448, dims: tuple[int, int, int] = (64, 128, 256)):
+    def __init__(self, backbone_cfg: dict, embed_dim: int = 448, dims: tuple[int, int, int] = (64, 128, 256),
+                 stride: int = 8):
         super().__init__()
+        if stride not in (4, 8):
+            raise ValueError(f"AffinityNet stride must be 4 or 8, got {stride}")
         cfg = dict(backbone_cfg)
         name = cfg.pop("name", "resnet_small")
         self.backbone = build_backbone(name, **cfg)
-        chans = [_layer_channels(getattr(self.backbone, f"layer{i}")) for i in (2, 3, 4)]
+        # stride 4 (ours, for small images; IRN also walks at stride 4): layer1 joins with a 32-channel projection
+        self.layers = (1, 2, 3, 4) if stride == 4 else (2, 3, 4)
+        dims = ((32,) + tuple(dims)) if stride == 4 else tuple(dims)
+        chans = [_layer_channels(getattr(self.backbone, f"layer{i}")) for i in self.layers]
         self.proj = nn.ModuleList(nn.Conv2d(c, d, kernel_size=1, bias=False) for c, d in zip(chans, dims))
         self.fuse = nn.Conv2d(sum(dims), embed_dim, kernel_size=1, bias=False)
         self.embed_dim = embed_dim
-        self.stride = 8
+        self.stride = stride
         for m in self.proj:
             nn.init.kaiming_normal_(m.weight)
         nn.init.xavier_uniform_(self.fuse.weight, gain=4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = self.backbone
-        x = b.stem(x)
-        x = b.layer1(x)
-        f2 = b.layer2(x)
+        f1 = b.layer1(b.stem(x))
+        f2 = b.layer2(f1)
         f3 = b.layer3(f2)
         f4 = b.layer4(f3)
-        size = f2.shape[-2:]
+        feats = (f1, f2, f3, f4) if self.stride == 4 else (f2, f3, f4)
+        size = feats[0].shape[-2:]
         outs = []
-        for f, proj in zip((f2, f3, f4), self.proj):
+        for f, proj in zip(feats, self.proj):
             if f.shape[-2:] != size:
                 f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
             outs.append(F.elu(proj(f)))

@@ -21,7 +21,7 @@ import torch
 
 from .affinity import shift_valid_mask, shifted
 
-__all__ = ["transition_matrix", "random_walk", "random_walk_dense", "rw_label", "dense_affinity_matrix"]
+__all__ = ["transition_matrix", "random_walk", "random_walk_dense", "rw_label", "rw_scores", "dense_affinity_matrix"]
 
 
 def _check(aff: torch.Tensor, offsets) -> None:
@@ -170,20 +170,34 @@ def rw_label(
     then argmax; ``bg_threshold`` is unused. Resolution: the caller passes cam and aff at the same size
     (IRN walks at stride 4 and upsamples the result).
     """
-    cam_t = torch.as_tensor(np.asarray(cam), dtype=torch.float32)
     keys = np.asarray(keys, dtype=np.int64)
-    if cam_t.dim() != 3 or cam_t.shape[0] != len(keys):
-        raise ValueError("cam must be [K,H,W] with K = len(keys)")
-    h, w = cam_t.shape[1:]
+    scores = rw_scores(cam, aff, offsets, beta=beta, n_steps=n_steps, bg_threshold=bg_threshold, bg_power=bg_power)
     lut = np.concatenate([[0], keys]).astype(np.uint8)
-    if len(keys) == 0:
-        return np.zeros((h, w), np.uint8)
+    return lut[scores.argmax(dim=0).numpy()]
+
+
+def rw_scores(
+    cam,
+    aff: torch.Tensor,
+    offsets: Sequence[tuple[int, int]],
+    *,
+    beta: float = 10.0,
+    n_steps: int = 256,
+    bg_threshold: float = 0.25,
+    bg_power: float | None = None,
+) -> torch.Tensor:
+    """The ``[K+1,H,W]`` scores (background first) that :func:`rw_label` takes the argmax of; a caller may
+    upsample them to the image before the argmax (PSA and IRN both upsample the walked maps)."""
+    cam_t = torch.as_tensor(np.asarray(cam), dtype=torch.float32)
+    if cam_t.dim() != 3:
+        raise ValueError("cam must be [K,H,W]")
+    h, w = cam_t.shape[1:]
+    if cam_t.shape[0] == 0:
+        return torch.ones((1, h, w))
     aff = aff.to(torch.float32)
     if bg_power is None:
         rw = random_walk(cam_t, aff, offsets, beta=beta, n_steps=n_steps)
         rw = rw / rw.max().clamp_min(1e-12)
-        scores = torch.cat([torch.full((1, h, w), float(bg_threshold)), rw], dim=0)
-    else:
-        bg = (1.0 - cam_t.max(dim=0, keepdim=True).values).clamp_min(0) ** bg_power
-        scores = random_walk(torch.cat([bg, cam_t], dim=0), aff, offsets, beta=beta, n_steps=n_steps)
-    return lut[scores.argmax(dim=0).numpy()]
+        return torch.cat([torch.full((1, h, w), float(bg_threshold)), rw], dim=0)
+    bg = (1.0 - cam_t.max(dim=0, keepdim=True).values).clamp_min(0) ** bg_power
+    return random_walk(torch.cat([bg, cam_t], dim=0), aff, offsets, beta=beta, n_steps=n_steps)

@@ -10,7 +10,7 @@ from wsss.io import read_json, write_text
 from wsss.report.figures import make_figures
 from wsss.report.html import page_html, tables_markdown
 from wsss.report.inputs import load_experiment
-from wsss.report.tables import Table, build_tables, stacked_csv_frame
+from wsss.report.tables import Table, build_tables, seed_spread, stacked_csv_frame
 
 __all__ = ["build_report", "Table"]
 
@@ -27,6 +27,9 @@ def build_report(
     n_qualitative: int = 4,
     optional: Collection[str] = (),
     final_net: str | None = None,
+    seeds: Sequence[int] | None = None,
+    rw_nets: Sequence[str] = (),
+    ss_variants: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write ``tables.md``, ``tables.csv``, ``index.html`` and ``figures/*.png`` under ``out_dir``.
 
@@ -34,17 +37,30 @@ def build_report(
     and ``seg_<source>.json`` for ``seg_sources``; a missing one raises WsssInputError unless named in
     ``optional`` (by file stem, file name, or net/source name), in which case its rows are left out.
     Returns a JSON-serialisable summary (paths, tables, figures, headline rows, skipped inputs).
+
+    With ``seeds``, the runs are ``exp_dir/seed<k>/`` (data in ``exp_dir/data``): the single-run tables and
+    figures show the first seed, and the ``seeds`` table gives mean and spread over all of them.
     """
-    exp = load_experiment(exp_dir, nets=nets, crf_nets=crf_nets, seg_sources=seg_sources, optional=optional,
-                          final_net=final_net)
+    kw = dict(nets=nets, crf_nets=crf_nets, seg_sources=seg_sources, optional=optional, final_net=final_net,
+              rw_nets=rw_nets, ss_variants=ss_variants)
+    if seeds:
+        exps = [load_experiment(Path(exp_dir) / f"seed{s}", data_dir=Path(exp_dir) / "data", seed=s, **kw)
+                for s in seeds]
+    else:
+        exps = [load_experiment(exp_dir, **kw)]
+    exp = exps[0]
     out = Path(out_dir)
-    tables = build_tables(exp)
+    tables = build_tables(exp) + [seed_spread(exps)]
     figures, skipped_figs = make_figures(exp, out / "figures", n_qualitative)
 
     notes = ["Numbers are mIoU x100 from this run's metric files. Published peer numbers are real-VOC results "
              "listed for context only and are not comparable with this run's numbers."]
-    if exp.skipped:
-        notes.append("Optional inputs missing (rows left out): " + ", ".join(exp.skipped))
+    if seeds:
+        notes.append(f"Single-run tables and figures show seed {seeds[0]}; the table 'Mean and spread over seeds' "
+                     f"aggregates seeds {list(seeds)}.")
+    skipped = [s for e in exps for s in e.skipped]
+    if skipped:
+        notes.append("Optional inputs missing (rows left out): " + ", ".join(skipped))
     synth = exp.data_root / "synthetic.json"
     dataset_info = read_json(synth) if synth.is_file() else None
 
@@ -61,8 +77,8 @@ def build_report(
         "tables": [t.name for t in tables],
         "figures": {k: str(v) for k, v in figures.items()},
         "figures_skipped": skipped_figs,
-        "inputs_read": sorted(str(p) for p in exp.paths.values()),
-        "inputs_skipped": list(exp.skipped),
+        "inputs_read": sorted(str(p) for e in exps for p in e.paths.values()),
+        "inputs_skipped": skipped,
         "headline": [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
                      for r in head.frame.to_dict("records")],
     }

@@ -22,6 +22,11 @@ NET_LABELS = {
     "mainnet_rcm_mam": "MainNet +RCM+MAM",
 }
 ABLATION_ORDER = tuple(NET_LABELS)
+NET_LABELS.update({
+    "deeplab_pseudo": "DeepLab (pseudo labels)", "deeplab_gt": "DeepLab (GT, upper bound)",
+    "single_stage_baseline": "1-stage baseline", "single_stage_aa": "1-stage +AA", "single_stage_lr": "1-stage +LR",
+    "single_stage_aa_lr": "1-stage +AA+LR",
+})
 
 
 def net_label(net: str) -> str:
@@ -53,16 +58,21 @@ class Experiment:
     cam: dict[str, dict] = field(default_factory=dict)
     pseudo: dict[str, dict] = field(default_factory=dict)
     seg: dict[str, dict] = field(default_factory=dict)
+    rw: dict[str, dict] = field(default_factory=dict)  # random-walk pseudo labels, keyed by net
+    ss: dict[str, dict] = field(default_factory=dict)  # single-stage (AA&LR) evaluations, keyed by variant
     paths: dict[str, Path] = field(default_factory=dict)  # file stem -> path of every file read
     skipped: list[str] = field(default_factory=list)  # optional files that were missing
     final_net: str | None = None  # the MainNet whose pseudo labels feed the segmentation (config's final_variant)
+    data_dir: Path | None = None  # results/<name>/data when the run is one seed's tree (results/<name>/seed<k>)
+    seed: int | None = None
 
     @property
     def data_root(self) -> Path:
-        return self.root / "data" / "VOC2012"
+        return (self.data_dir or self.root / "data") / "VOC2012"
 
     def rel(self, stem: str) -> str:
-        return f"metrics/{stem}.json"
+        prefix = f"{self.root.name}/" if self.seed is not None else ""
+        return f"{prefix}metrics/{stem}.json"
 
     def main_net(self) -> str | None:
         """The MainNet shown in the pipeline: the configured final one, else the fullest variant with a CAM file."""
@@ -74,12 +84,32 @@ class Experiment:
         others = [n for n in self.cam if n != "supportnet"]
         return others[-1] if others else None
 
+    def trained_on(self) -> tuple[str, str] | None:
+        """(kind 'crf' | 'rw', net) of the pseudo labels DeepLab trained on, from seg_pseudo's ``train_labels``."""
+        told = str(self.seg.get("pseudo", {}).get("train_labels", ""))
+        for kind, table in (("rw", self.rw), ("crf", self.pseudo)):
+            for n in sorted(table, key=len, reverse=True):
+                if f"{n}_{kind}" in told:
+                    return kind, n
+        return None
+
+    def final_pseudo(self) -> tuple[str, dict, str] | None:
+        """(label, metrics, file stem) of the pseudo labels that trained DeepLab: the random walk's when it made
+        them, else the CRF's (see :meth:`pseudo_net`)."""
+        told = self.trained_on()
+        if told and told[0] == "rw":
+            n = told[1]
+            return f"{net_label(n)} +random-walk pseudo labels", self.rw[n], f"pseudo_{n}_rw"
+        n = self.pseudo_net()
+        if n is None:
+            return None
+        return f"{net_label(n)} +CRF pseudo labels", self.pseudo[n], f"pseudo_{n}_crf"
+
     def pseudo_net(self) -> str | None:
         """The net whose CRF pseudo labels trained DeepLab (read from seg_pseudo's ``train_labels`` if it says)."""
-        told = str(self.seg.get("pseudo", {}).get("train_labels", ""))
-        for n in sorted(self.pseudo, key=len, reverse=True):
-            if f"{n}_crf" in told:
-                return n
+        told = self.trained_on()
+        if told and told[1] in self.pseudo:
+            return told[1]
         main = self.main_net()
         if main in self.pseudo:
             return main
@@ -98,19 +128,26 @@ def load_experiment(
     seg_sources: Sequence[str],
     optional: Collection[str] = (),
     final_net: str | None = None,
+    data_dir: str | Path | None = None,
+    seed: int | None = None,
+    rw_nets: Sequence[str] = (),
+    ss_variants: Sequence[str] = (),
 ) -> Experiment:
     """Read ``metrics/{train,cam}_<net>.json``, ``pseudo_<net>_crf.json`` and ``seg_<source>.json``.
 
     A missing file raises :class:`WsssInputError` naming it, unless its stem (``cam_mainnet_mam``), file name
     or net/source name is in ``optional``; then it is recorded in ``skipped`` and its rows are left out.
     """
-    exp = Experiment(Path(exp_dir), list(nets), list(crf_nets), list(seg_sources), final_net=final_net)
+    exp = Experiment(Path(exp_dir), list(nets), list(crf_nets), list(seg_sources), final_net=final_net,
+                     data_dir=Path(data_dir) if data_dir is not None else None, seed=seed)
     metrics = exp.root / "metrics"
     wanted = (
         [("train", f"train_{n}", n) for n in nets]
         + [("cam", f"cam_{n}", n) for n in nets]
         + [("pseudo", f"pseudo_{n}_crf", n) for n in crf_nets]
         + [("seg", f"seg_{s}", s) for s in seg_sources]
+        + [("rw", f"pseudo_{n}_rw", n) for n in rw_nets]
+        + [("ss", f"seg_single_stage_{v}", v) for v in ss_variants]
     )
     for kind, stem, name in wanted:
         path = metrics / f"{stem}.json"

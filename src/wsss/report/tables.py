@@ -97,6 +97,9 @@ def ablation(exp: Experiment) -> Table:
     def pseudo(n: str) -> float:
         return num(exp.pseudo[n], "miou", exp.paths[f"pseudo_{n}_crf"]) if n in exp.pseudo else NAN
 
+    def rw(n: str) -> float:
+        return num(exp.rw[n], "miou", exp.paths[f"pseudo_{n}_rw"]) if n in exp.rw else NAN
+
     ctrl_cam, ctrl_body, ctrl_pseudo = cam(CONTROL, "miou"), cam(CONTROL, "body_recall"), pseudo(CONTROL)
     rows = []
     for n in order:
@@ -105,15 +108,16 @@ def ablation(exp: Experiment) -> Table:
             "cam_miou": cam(n, "miou"), "delta_cam_miou": _sub(cam(n, "miou"), ctrl_cam),
             "body_recall": cam(n, "body_recall"), "delta_body_recall": _sub(cam(n, "body_recall"), ctrl_body),
             "pseudo_miou": pseudo(n), "delta_pseudo_miou": _sub(pseudo(n), ctrl_pseudo),
+            "rw_miou": rw(n), "delta_rw_miou": _sub(rw(n), rw(CONTROL)),
         })
     cols = ["net", "model", "cam_miou", "delta_cam_miou", "body_recall", "delta_body_recall", "pseudo_miou",
-            "delta_pseudo_miou"]
+            "delta_pseudo_miou", "rw_miou", "delta_rw_miou"]
     fmt = {c: ("delta" if c.startswith("delta") else "frac") for c in cols[2:]}
     return Table(
         "ablation", "Ablation (train split)",
         f"CAM mIoU (best threshold), body recall and +CRF pseudo-label mIoU per model; delta = difference to the fair "
         f"control '{net_label(CONTROL)}' (same backbone, schedule and data, without RCM/MAM), in points x100. "
-        "Pseudo mIoU is shown only for models whose CRF pseudo labels were made.",
+        "Pseudo mIoU (+CRF) and RW mIoU (+affinity random walk) are shown only for models whose labels were made.",
         pd.DataFrame(rows, columns=cols), fmt,
     )
 
@@ -134,6 +138,9 @@ def _pipeline_rows(exp: Experiment) -> list[dict[str, Any]]:
     pnet = exp.pseudo_net()
     if pnet:
         add(f"CRF pseudo labels ({net_label(pnet)})", f"pseudo_{pnet}_crf", exp.pseudo[pnet], "miou", "miou")
+    rnet = pnet if pnet in exp.rw else (main if main in exp.rw else None)
+    if rnet:
+        add(f"+random walk pseudo labels ({net_label(rnet)})", f"pseudo_{rnet}_rw", exp.rw[rnet], "miou", "miou")
     for src, d in exp.seg.items():
         if src == "gt":
             continue
@@ -172,6 +179,8 @@ def per_class(exp: Experiment) -> Table:
         columns[f"{net_label(n)} CAM"] = d.get("per_class_iou") or {}
     for n, d in exp.pseudo.items():
         columns[f"{net_label(n)} +CRF pseudo"] = d.get("per_class_iou") or {}
+    for n, d in exp.rw.items():
+        columns[f"{net_label(n)} +RW pseudo"] = d.get("per_class_iou") or {}
     for s, d in exp.seg.items():
         columns[f"DeepLab ({s})"] = d.get("per_class_iou") or {}
         columns[f"DeepLab ({s}) +CRF"] = d.get("per_class_iou_crf") or {}
@@ -193,19 +202,19 @@ def published(exp: Experiment | None = None) -> Table:
     """Peers' published numbers, with this run's numbers in the same columns as the first row (when given)."""
     df = published_frame()
     if exp is not None:
-        main, pnet = exp.main_net(), exp.pseudo_net()
+        main, final = exp.main_net(), exp.final_pseudo()
         seg = exp.seg.get("pseudo", {})
 
         def pct(d: dict, key: str, path_key: str) -> float:
             return 100 * num(d, key, exp.paths.get(path_key, path_key)) if d else NAN
 
         ours = {
-            "method": f"wsss (this run: {exp.root.name})", "venue": "this run",
+            "method": f"wsss (this run: {exp.root.parent.name if exp.seed is not None else exp.root.name})", "venue": "this run",
             "backbone": "see config", "seg_net": "see config",
             "cam_train_pct": pct(exp.cam.get(main, {}), "miou", f"cam_{main}"),
-            "pseudo_train_pct": pct(exp.pseudo.get(pnet, {}), "miou", f"pseudo_{pnet}_crf"),
+            "pseudo_train_pct": pct(final[1], "miou", final[2]) if final else NAN,
             "val_pct": pct(seg, "miou_crf", "seg_pseudo"), "test_pct": NAN,
-            "sources": f"metrics/cam_{main}.json, metrics/pseudo_{pnet}_crf.json, metrics/seg_pseudo.json (+CRF)",
+            "sources": f"{exp.rel(f'cam_{main}')}, {exp.rel(final[2]) if final else '-'}, {exp.rel('seg_pseudo')} (+CRF)",
             "note": "this run's data and protocol (see the protocol table)",
         }
         df = pd.concat([pd.DataFrame([ours]), df], ignore_index=True)
@@ -233,9 +242,10 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, str]:
 
 def protocol(exp: Experiment) -> Table:
     rows = []
-    for kind in ("cam", "pseudo", "seg"):
+    for kind in ("cam", "pseudo", "rw", "seg", "ss"):
         for name, d in getattr(exp, kind).items():
-            stem = f"pseudo_{name}_crf" if kind == "pseudo" else f"{kind}_{name}"
+            stem = {"pseudo": f"pseudo_{name}_crf", "rw": f"pseudo_{name}_rw",
+                    "ss": f"seg_single_stage_{name}"}.get(kind, f"{kind}_{name}")
             for k, v in _flatten(protocol_of(d)).items():
                 rows.append({"file": exp.rel(stem), "key": k, "value": v})
     return Table(
@@ -250,13 +260,13 @@ def headline(exp: Experiment) -> Table:
     def cam(n: str, k: str) -> float:
         return num(exp.cam[n], k, exp.paths[f"cam_{n}"]) if n in exp.cam else NAN
 
-    pnet = exp.pseudo_net()
-    pseudo_miou = num(exp.pseudo[pnet], "miou", exp.paths[f"pseudo_{pnet}_crf"]) if pnet else NAN
+    final = exp.final_pseudo()
+    pseudo_miou = num(final[1], "miou", exp.paths[final[2]]) if final else NAN
     seg = exp.seg.get("pseudo")
     seg_path = exp.paths.get("seg_pseudo", "")
     seg_miou = num(seg, "miou", seg_path) if seg else NAN
     seg_crf = num(seg, "miou_crf", seg_path) if seg else NAN
-    plabel = f"{net_label(pnet)} +CRF pseudo labels" if pnet else "pseudo labels"
+    plabel = final[0] if final else "pseudo labels"
     spec = [
         ("CAM mIoU: full model vs fair control", f"{net_label(FULL)}", cam(FULL, "miou"),
          net_label(CONTROL), cam(CONTROL, "miou")),
@@ -277,8 +287,120 @@ def headline(exp: Experiment) -> Table:
     )
 
 
+# ------------------------------------------------------------------------------------------ (f) single stage
+SS_LABELS = {"baseline": "1-stage baseline", "aa": "1-stage +AA", "lr": "1-stage +LR", "aa_lr": "1-stage +AA+LR"}
+
+
+def single_stage(exp: Experiment) -> Table:
+    """AA&LR's single-stage rows (val mIoU with and without CRF, and the masks/pseudo GT on the train split),
+    deltas to the 1-stage baseline, beside the two-stage DeepLab on the same val split."""
+    def val(d: dict, key: str, stem: str) -> float:
+        return num(d, key, exp.paths[stem])
+
+    def nested(d: dict, *keys) -> float:
+        for k in keys:
+            d = d.get(k) if isinstance(d, dict) else None
+        return NAN if d is None else float(d)
+
+    base = exp.ss.get("baseline")
+    rows = []
+    for v, d in exp.ss.items():
+        stem = f"seg_single_stage_{v}"
+        r = {"method": SS_LABELS.get(v, v), "file": exp.rel(stem), "val_miou": val(d, "miou", stem),
+             "val_miou_crf": val(d, "miou_crf", stem),
+             "train_masks_miou": nested(d, "pseudo_labels", "masks", "miou"),
+             "train_pseudo_gt_miou": nested(d, "pseudo_labels", "pamr_pseudo_gt", "miou")}
+        if base is not None:
+            b = "seg_single_stage_baseline"
+            r["delta_val"] = _sub(r["val_miou"], val(base, "miou", b))
+            r["delta_val_crf"] = _sub(r["val_miou_crf"], val(base, "miou_crf", b))
+        rows.append(r)
+    seg = exp.seg.get("pseudo")
+    if seg is not None and exp.ss:
+        rows.append({"method": "two-stage: DeepLab on the MainNet's pseudo labels", "file": exp.rel("seg_pseudo"),
+                     "val_miou": val(seg, "miou", "seg_pseudo"), "val_miou_crf": val(seg, "miou_crf", "seg_pseudo")})
+    cols = ["method", "file", "val_miou", "val_miou_crf", "delta_val", "delta_val_crf", "train_masks_miou",
+            "train_pseudo_gt_miou"]
+    fmt = {"val_miou": "frac", "val_miou_crf": "frac", "delta_val": "delta", "delta_val_crf": "delta",
+           "train_masks_miou": "frac", "train_pseudo_gt_miou": "frac"}
+    return Table(
+        "single_stage", "AA&LR single-stage model (val)",
+        "Val mIoU of the single-stage model without and with CRF post-processing, per variant (baseline = 1-stage "
+        "without the AA and LR losses); delta = difference to the 1-stage baseline, x100. train_masks = its "
+        "multi-scale masks on the train split (classes cut by the image labels), train_pseudo_gt = the PAMR "
+        "pseudo ground truth it trains on. The two-stage row is this run's DeepLab on the same val split.",
+        pd.DataFrame(rows, columns=cols), fmt,
+    )
+
+
+# ------------------------------------------------------------------------------------------ (g) seeds
+def _stats(values: list[float]) -> tuple[float, float, int]:
+    v = [x for x in values if not math.isnan(x)]
+    if not v:
+        return NAN, NAN, 0
+    mean = sum(v) / len(v)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else NAN
+    return mean, sd, len(v)
+
+
+def _quantities(exp: Experiment) -> list[tuple[str, str, float]]:
+    """(quantity, net/source, value) of one run, for the seed table."""
+    out = []
+    for n, d in exp.cam.items():
+        path = exp.paths[f"cam_{n}"]
+        part, body = num(d, "part_recall", path), num(d, "body_recall", path)
+        out += [("CAM mIoU (train)", n, num(d, "miou", path)), ("body recall (train)", n, body),
+                ("part - body recall gap (train)", n, _sub(part, body))]
+    for n, d in exp.pseudo.items():
+        out.append(("pseudo-label mIoU, +CRF (train)", n, num(d, "miou", exp.paths[f"pseudo_{n}_crf"])))
+    for n, d in exp.rw.items():
+        out.append(("pseudo-label mIoU, +random walk (train)", n, num(d, "miou", exp.paths[f"pseudo_{n}_rw"])))
+    for v, d in exp.ss.items():
+        stem = f"seg_single_stage_{v}"
+        out.append(("single-stage val mIoU", f"single_stage_{v}", num(d, "miou", exp.paths[stem])))
+        out.append(("single-stage val mIoU +CRF", f"single_stage_{v}", num(d, "miou_crf", exp.paths[stem])))
+    for src, d in exp.seg.items():
+        what = "pseudo labels" if src == "pseudo" else ("GT (upper bound)" if src == "gt" else src)
+        out.append((f"DeepLab val mIoU, trained on {what}", f"deeplab_{src}", num(d, "miou", exp.paths[f"seg_{src}"])))
+        out.append((f"DeepLab val mIoU +CRF, trained on {what}", f"deeplab_{src}",
+                    num(d, "miou_crf", exp.paths[f"seg_{src}"])))
+    return out
+
+
+def seed_spread(exps: list[Experiment]) -> Table:
+    """Mean and spread over the seeds of every number the runs share; deltas to the fair control are paired
+    (computed within each seed, then averaged), so seed-to-seed variation common to both cancels."""
+    per_seed = [{(q, n): v for q, n, v in _quantities(e)} for e in exps]
+    keys: list[tuple[str, str]] = []
+    for d in per_seed:
+        keys += [k for k in d if k not in keys]
+    rows = []
+    for q, n in keys:
+        vals = [d.get((q, n), NAN) for d in per_seed]
+        mean, sd, k = _stats(vals)
+        deltas = [_sub(d.get((q, n), NAN), d.get((q, CONTROL), NAN)) for d in per_seed]
+        dmean, dsd, _ = _stats(deltas) if n.startswith("mainnet_") and n != CONTROL else (NAN, NAN, 0)
+        rows.append({"quantity": q, "model": net_label(n), "net": n, "n_seeds": k, "mean": mean, "sd": sd,
+                     "min": min((v for v in vals if not math.isnan(v)), default=NAN),
+                     "max": max((v for v in vals if not math.isnan(v)), default=NAN),
+                     "delta_vs_control": dmean, "delta_sd": dsd})
+    seeds = [e.seed for e in exps]
+    cols = ["quantity", "model", "net", "n_seeds", "mean", "sd", "min", "max", "delta_vs_control", "delta_sd"]
+    fmt = {"mean": "frac", "sd": "frac", "min": "frac", "max": "frac", "delta_vs_control": "delta", "delta_sd": "frac"}
+    return Table(
+        "seeds", "Mean and spread over seeds",
+        f"Seeds {seeds}: mean, sample standard deviation (sd, n-1; a dash with one seed), min and max of each "
+        f"number, x100. delta_vs_control = paired difference to '{net_label(CONTROL)}' within each seed, averaged "
+        "(delta_sd its sd): a gain is distinguishable from seed noise when |delta| is clearly larger than delta_sd.",
+        pd.DataFrame(rows, columns=cols), fmt,
+    )
+
+
 def build_tables(exp: Experiment) -> list[Table]:
-    return [headline(exp), cam_quality(exp), ablation(exp), pipeline(exp), per_class(exp), published(exp), protocol(exp)]
+    tables = [headline(exp), cam_quality(exp), ablation(exp), pipeline(exp)]
+    if exp.ss:
+        tables.append(single_stage(exp))
+    return tables + [per_class(exp), published(exp), protocol(exp)]
 
 
 def stacked_csv_frame(tables: list[Table]) -> pd.DataFrame:

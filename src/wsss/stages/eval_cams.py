@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from wsss import metrics
 from wsss.data import voc
+from wsss.engine import distributed as dist
 from wsss.io import load_npz, read_json, read_label_png, write_json
 
 
@@ -32,6 +33,8 @@ def bias_probes(data_root: Path):
 
 def run(cfg: dict, *, net_name: str, cams_dir: Path, data_root: Path, split: str, out: Path,
         curve_out: Path) -> None:
+    if not dist.is_main():  # CPU-bound and cheap: under torchrun rank 0 alone evaluates, the others exit
+        return
     ccfg = cfg["cams"]
     ids = voc.read_split(data_root, split)
     thresholds = sorted(set(ccfg["thresholds"]) | {ccfg["fixed_threshold"]})

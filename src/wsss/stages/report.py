@@ -22,6 +22,9 @@ def run(cfg: dict, *, exp_dir: Path, out_dir: Path) -> None:
         config=cfg,
         n_qualitative=cfg["report"]["n_qualitative"],
         final_net=f"mainnet_{cfg['mainnet']['final_variant']}",
+        seeds=cfg["seeds"],
+        rw_nets=cfg["refine"]["random_walk"]["nets"],
+        ss_variants=cfg["single_stage"]["variants"] if cfg["single_stage"]["enabled"] else [],
     )
     for row in summary.get("headline", []):
         log.info("headline: %s", row)

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 from wsss import metrics
 from wsss.data.voc import ClassificationDataset
+from wsss.config import seed_of
+from wsss.engine import distributed as dist
 from wsss.engine.trainer import load_checkpoint, seed_everything, train
 from wsss.io import write_json
 from wsss.losses import classification, mam, rcm
@@ -51,11 +53,12 @@ def load_cam_net(checkpoint_path: str | Path) -> tuple[CAMNet, dict]:
 def evaluate_map(net: CAMNet, data_root: Path, split: str, max_images: int | None = None) -> float:
     """Mean average precision of the classifier on full images of ``split``."""
     net.eval()
+    dev = next(net.parameters()).device
     ds = ClassificationDataset(data_root, split, crop=0, train=False)
     scores, labels = [], []
     for i in range(len(ds) if max_images is None else min(len(ds), max_images)):
         item = ds[i]
-        scores.append(net(item["image"][None])["logits"][0].numpy())
+        scores.append(net(item["image"][None].to(dev))["logits"][0].cpu().numpy())
         labels.append(item["label"].numpy())
     return float(metrics.average_precision(np.stack(scores), np.stack(labels))[0])
 
@@ -89,12 +92,15 @@ class MainNetObjective:
         c = self.rcm_cfg
         s_cam = normalize_cam(F.relu(s_out["cam"]))
         region = rcm.region_labels(s_cam, y, c["fg_threshold"], c["bg_threshold"])
-        protos, present = rcm.class_prototypes(s_out["features"], region, num_classes=21, scope=c["prototype_scope"])
+        # batch prototypes pool over the global batch under DDP (all-reduced), as with one process
+        protos, present = rcm.class_prototypes(s_out["features"], region, num_classes=21, scope=c["prototype_scope"],
+                                               reduce=dist.all_reduce_sum)
         if self.memory is not None:
             self.memory.update(protos, present)
             protos, present = self.memory.get()
         emb = out["proj"] if want_proj else F.normalize(out["features"], dim=1)
-        return rcm.pixel_prototype_contrast(emb, region, protos, present, c["temperature"])
+        loss, count = rcm.pixel_prototype_contrast(emb, region, protos, present, c["temperature"], return_count=True)
+        return dist.global_mean(loss, count)  # mean over the labelled pixels of the global batch
 
     def _mam(self, x: torch.Tensor, out: dict, y: torch.Tensor) -> torch.Tensor:
         c = self.mam_cfg
@@ -109,7 +115,7 @@ class MainNetObjective:
             cam = out["cam"] if s == 1.0 else cams_at_scales(self.net, x, [s], size=size, activation="none")[0]
             # floored at -1 so that a class whose peak is still ~0 cannot blow the loss up
             m_cams.append(normalize_cam(cam, detach_max=True).clamp(min=-1.0))
-        return mam.mam_loss(
+        loss = mam.mam_loss(
             m_cams,
             target,
             y,
@@ -119,6 +125,8 @@ class MainNetObjective:
             one_sided=c["one_sided"],
             suppress_below=c["suppress_below"],
         )
+        # mam_loss divides by (present classes x pixels) of the batch: make that the global batch's under DDP
+        return dist.global_mean(loss, y.sum() * size[0] * size[1])
 
 
 def run(
@@ -136,7 +144,8 @@ def run(
     section = cfg["mainnet"] if is_main else cfg["supportnet"]
     tcfg = section["train"]
     backbone_cfg = cfg["supportnet"]["backbone"]
-    seed_everything(cfg["seed"])
+    seed = seed_of(cfg)
+    seed_everything(seed)
     net = build_cam_net(backbone_cfg)
     support = None
     if is_main:
@@ -149,9 +158,13 @@ def run(
     else:
         variant = "baseline"
     objective = MainNetObjective(net, support, variant, cfg)
-    if support is not None and tcfg["channels_last"]:
-        support.to(memory_format=torch.channels_last)
-    ds = ClassificationDataset(data_root, cfg["data"]["train_split"], crop=tcfg["crop"], train=True, seed=cfg["seed"])
+    if objective.memory is not None:
+        objective.memory.to(dist.device())
+    if support is not None:
+        support.to(dist.device())  # train() moves MainNet there
+        if tcfg["channels_last"]:
+            support.to(memory_format=torch.channels_last)
+    ds = ClassificationDataset(data_root, cfg["data"]["train_split"], crop=tcfg["crop"], train=True, seed=seed)
     eval_every = max(2, tcfg["epochs"] // 3)  # val mAP a few times per run (and at the end)
 
     def end_of_epoch(epoch: int) -> dict:
@@ -160,12 +173,15 @@ def run(
         return {}
 
     history = train(
-        net, ds, tcfg, seed=cfg["seed"], state_path=state_path, out=out, desc=net_name,
-        resolved={"net": net_name, "section": section, "backbone": backbone_cfg, "seed": cfg["seed"],
+        net, ds, tcfg, seed=seed, state_path=state_path, out=out, desc=net_name,
+        section="mainnet" if is_main else "supportnet",
+        resolved={"net": net_name, "section": section, "backbone": backbone_cfg, "seed": seed,
                   "data": cfg["data"]},
         objective=lambda x, batch: objective(x, batch["label"]),
         end_of_epoch=end_of_epoch, extra={"backbone": backbone_cfg},
     )
+    if not dist.is_main():  # every rank holds the same history; rank 0 writes
+        return
     last_map = next((h["val_map"] for h in reversed(history) if "val_map" in h), None)
     write_json(metrics_out, {"net": net_name, "variant": variant, "history": history,
                              "final": {"val_map": last_map, "epochs": tcfg["epochs"]}})
