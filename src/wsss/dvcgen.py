@@ -78,7 +78,12 @@ def dag_jobs(snakefile: Path, configfile: Path, workdir: Path) -> list:
 
 
 def job_stage(job, configfile: str, raw_config: dict) -> tuple[str, dict]:
-    name = job.rule.name + "".join(f"_{v}" for v in job.wildcards_dict.values())
+    # e.g. train_mainnet_baseline (seed 0), train_mainnet_baseline_seed1: the first seed keeps the plain names
+    wc = dict(job.wildcards_dict)
+    seed = wc.pop("seed", None)
+    name = job.rule.name + "".join(f"_{v}" for v in wc.values())
+    if seed is not None and str(seed) != str((raw_config.get("seeds") or [0])[0]):
+        name += f"_seed{seed}"
     cmd = job.format_wildcards(job.rule.shellcmd, threads=0).strip()
     cmd = re.sub(r"\s+", " ", cmd)
     deps = sorted(set(map(str, job.input)))

@@ -83,12 +83,9 @@ def crf_sweep(rcfg: dict, eval_ids: list[str], *, cams_dir: Path, data_root: Pat
                                       "chosen": best[key]}
 
 
-def run(cfg: dict, *, net_name: str, cams_dir: Path, data_root: Path, split: str, eval_split: str, out_dir: Path,
-        metrics_out: Path, threads: int = 1, cam_metrics: Path | None = None) -> None:
-    rcfg, calibration = cfg["refine"], None
+def check_splits(data_root: Path, split: str, eval_split: str) -> tuple[list[str], list[str]]:
+    """(ids to label, ids to score) of a pseudo-label stage: cam_split must lie within train_split and have masks."""
     ids = voc.read_split(data_root, split)
-    # check everything the evaluation needs before the CRF runs, and score the labels before the folder is
-    # renamed into place: a failure leaves no pseudo-label folder behind
     eval_ids = voc.read_split(data_root, eval_split)
     missing = sorted(set(eval_ids) - set(ids))
     if missing:
@@ -96,35 +93,52 @@ def run(cfg: dict, *, net_name: str, cams_dir: Path, data_root: Path, split: str
                              f"(first {missing[:3]}); pseudo labels are made on train_split, which must hold cam_split")
     voc.check_ids(data_root, ids, need_masks=False, split=split)
     voc.check_ids(data_root, eval_ids, need_masks=True, split=eval_split)
+    return ids, eval_ids
+
+
+def score_labels(folder: Path, data_root: Path, eval_ids: list[str]) -> dict:
+    """mIoU of the label PNGs in ``folder`` on ``eval_ids`` (pseudo-label 255 pixels skipped, AFA convention)."""
+    cm = metrics.ConfusionMatrix(pred_ignore="skip")
+    for image_id in eval_ids:
+        cm.update(read_label_png(folder / f"{image_id}.png"), read_label_png(voc.mask_path(data_root, image_id)))
+    return cm.compute()
+
+
+def pseudo_metrics(net_name: str, res: dict, *, split: str, eval_split: str, n_eval: int, protocol: dict) -> dict:
+    """The metric file of a pseudo-label stage (CRF or random walk)."""
+    return {
+        "net": net_name,
+        "protocol": {"split": eval_split, "images": n_eval, "labelled_split": split, **protocol,
+                     "pseudo_label_255": "skipped (pixels the pseudo label ignores are not scored)",
+                     "ignore": "255 in GT ignored"},
+        "miou": res["miou"],
+        "per_class_iou": per_class_dict(res["per_class_iou"]),
+        "ignore_fraction": res["pred_ignored_share"],
+        "precision": res["pixel_accuracy"],
+    }
+
+
+def run(cfg: dict, *, net_name: str, cams_dir: Path, data_root: Path, split: str, eval_split: str, out_dir: Path,
+        metrics_out: Path, threads: int = 1, cam_metrics: Path | None = None) -> None:
+    rcfg, calibration = cfg["refine"], None
+    # check everything the evaluation needs before the CRF runs, and score the labels before the folder is
+    # renamed into place: a failure leaves no pseudo-label folder behind
+    ids, eval_ids = check_splits(data_root, split, eval_split)
     if rcfg["calibrate_background"] == "cam_threshold":
         rcfg, calibration = from_cam_threshold(rcfg, cam_metrics)
     elif rcfg["calibrate_background"] == "crf_sweep":
         rcfg, calibration = crf_sweep(rcfg, eval_ids, cams_dir=cams_dir, data_root=data_root, threads=threads,
                                       net_name=net_name)
-    cm = metrics.ConfusionMatrix(pred_ignore="skip")
     with atomic_dir(out_dir) as tmp:
         fn = partial(_one, cams_dir=cams_dir, data_root=data_root, out_dir=tmp, rcfg=rcfg)
         for _ in imap_ordered(fn, ids, workers=threads, desc=f"CRF {net_name}"):
             pass
-        for image_id in eval_ids:
-            cm.update(read_label_png(tmp / f"{image_id}.png"), read_label_png(voc.mask_path(data_root, image_id)))
-    res = cm.compute()
-    write_json(metrics_out, {
-        "net": net_name,
-        "protocol": {
-            "split": eval_split,
-            "images": len(eval_ids),
-            "labelled_split": split,
-            "refinement": "dense CRF",
-            "background": f"{rcfg['bg_mode']} (alpha {rcfg['bg_alpha']:.4g}, constant {rcfg['bg_constant']:.4g})",
-            "background_calibration": calibration,
-            "crf": rcfg["crf"],
-            "ignore_confidence": rcfg["ignore_confidence"],
-            "pseudo_label_255": "skipped (pixels the pseudo label ignores are not scored)",
-            "ignore": "255 in GT ignored",
-        },
-        "miou": res["miou"],
-        "per_class_iou": per_class_dict(res["per_class_iou"]),
-        "ignore_fraction": res["pred_ignored_share"],
-        "precision": res["pixel_accuracy"],
-    })
+        res = score_labels(tmp, data_root, eval_ids)
+    write_json(metrics_out, pseudo_metrics(net_name, res, split=split, eval_split=eval_split, n_eval=len(eval_ids),
+                                           protocol={
+        "refinement": "dense CRF",
+        "background": f"{rcfg['bg_mode']} (alpha {rcfg['bg_alpha']:.4g}, constant {rcfg['bg_constant']:.4g})",
+        "background_calibration": calibration,
+        "crf": rcfg["crf"],
+        "ignore_confidence": rcfg["ignore_confidence"],
+    }))

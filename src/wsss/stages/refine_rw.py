@@ -18,13 +18,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from wsss import metrics
 from wsss.data import voc
-from wsss.io import WsssInputError, atomic_dir, load_npz, read_image, read_label_png, write_json, write_label_png
+from wsss.io import atomic_dir, load_npz, read_image, write_json, write_label_png
 from wsss.refine.affinity import neighbour_offsets, pairwise_affinity
 from wsss.refine.crf import dense_crf
 from wsss.refine.random_walk import rw_scores
-from wsss.stages.eval_cams import per_class_dict
+from wsss.stages.refine_crf import check_splits, pseudo_metrics, score_labels
 from wsss.stages.train_affinity import load_net
 
 log = logging.getLogger("wsss")
@@ -63,38 +62,17 @@ def run(cfg: dict, *, net_name: str, checkpoint: Path, cams_dir: Path, data_root
         eval_split: str, out_dir: Path, metrics_out: Path) -> None:
     rw = cfg["refine"]["random_walk"]
     net, _ = load_net(checkpoint)
-    ids = voc.read_split(data_root, split)
-    eval_ids = voc.read_split(data_root, eval_split)
-    missing = sorted(set(eval_ids) - set(ids))
-    if missing:
-        raise WsssInputError(f"data.cam_split '{eval_split}' has {len(missing)} ids outside data.train_split '{split}' "
-                             f"(first {missing[:3]}); pseudo labels are made on train_split, which must hold cam_split")
-    voc.check_ids(data_root, eval_ids, need_masks=True, split=eval_split)
-    cm = metrics.ConfusionMatrix(pred_ignore="skip")
+    ids, eval_ids = check_splits(data_root, split, eval_split)
     with atomic_dir(out_dir) as tmp:
         for image_id in tqdm(ids, desc=f"random walk {net_name}", mininterval=5, disable=None):
             z = load_npz(cams_dir / f"{image_id}.npz")
             label = image_label(net, read_image(voc.image_path(data_root, image_id)), z["cam"].astype(np.float32),
                                 z["keys"], rw, crf=cfg["refine"] if rw["crf"] else None)
             write_label_png(tmp / f"{image_id}.png", label)
-        for image_id in eval_ids:
-            cm.update(read_label_png(tmp / f"{image_id}.png"), read_label_png(voc.mask_path(data_root, image_id)))
-    res = cm.compute()
-    write_json(metrics_out, {
-        "net": net_name,
-        "protocol": {
-            "split": eval_split,
-            "images": len(eval_ids),
-            "labelled_split": split,
-            "refinement": "affinity random walk",
-            "random_walk": {k: rw[k] for k in ("label_source", "radius", "stride", "beta", "n_steps", "bg_mode",
-                                               "bg_score", "bg_power", "image_scale", "crf")},
-            "pseudo_label_255": "skipped (pixels the pseudo label ignores are not scored)",
-            "ignore": "255 in GT ignored",
-        },
-        "miou": res["miou"],
-        "per_class_iou": per_class_dict(res["per_class_iou"]),
-        "ignore_fraction": res["pred_ignored_share"],
-        "precision": res["pixel_accuracy"],
-    })
+        res = score_labels(tmp, data_root, eval_ids)
+    keys = ("label_source", "radius", "stride", "beta", "n_steps", "bg_mode", "bg_score", "bg_power", "image_scale",
+            "crf")
+    write_json(metrics_out, pseudo_metrics(net_name, res, split=split, eval_split=eval_split, n_eval=len(eval_ids),
+                                           protocol={"refinement": "affinity random walk",
+                                                     "random_walk": {k: rw[k] for k in keys}}))
     log.info("random-walk pseudo labels of %s: mIoU %.4f on %s", net_name, res["miou"], eval_split)
