@@ -48,22 +48,31 @@ def _one(image_id: str, *, net, data_root: Path, scfg: dict) -> tuple[str, np.nd
     return image_id, pred, pred_crf
 
 
+def score_predictions(fn, ids: list[str], *, data_root: Path, save_dir: Path, n_saved: int, threads: int,
+                      desc: str) -> tuple[dict, dict]:
+    """Run ``fn(image_id) -> (id, pred, pred_crf)`` over ``ids`` on ``threads`` workers; return the confusion-matrix
+    results without and with CRF against the GT masks, saving the first ``n_saved`` predictions into ``save_dir``."""
+    cm, cm_crf = metrics.ConfusionMatrix(), metrics.ConfusionMatrix()
+    keep = set(ids[:n_saved])
+    for image_id, pred, pred_crf in imap_ordered(fn, ids, workers=threads, desc=desc):
+        gt = read_label_png(voc.mask_path(data_root, image_id))
+        cm.update(pred, gt)
+        cm_crf.update(pred_crf, gt)
+        if image_id in keep:
+            write_label_png(save_dir / f"{image_id}.png", pred)
+    return cm.compute(), cm_crf.compute()
+
+
 def run(cfg: dict, *, source: str, checkpoint: Path, data_root: Path, split: str, out: Path, pred_dir: Path,
         threads: int = 1) -> None:
     scfg = cfg["segment"]
     net, ckpt = load_net(checkpoint)
     ids = voc.read_split(data_root, split)
-    cm, cm_crf = metrics.ConfusionMatrix(), metrics.ConfusionMatrix()
-    keep = set(ids[: scfg["n_saved_predictions"]])
     with atomic_dir(pred_dir) as tmp:
         fn = partial(_one, net=net, data_root=data_root, scfg=scfg)
-        for image_id, pred, pred_crf in imap_ordered(fn, ids, workers=threads, desc=f"eval seg {source}"):
-            gt = read_label_png(voc.mask_path(data_root, image_id))
-            cm.update(pred, gt)
-            cm_crf.update(pred_crf, gt)
-            if image_id in keep:
-                write_label_png(tmp / f"{image_id}.png", pred)
-    res, res_crf = cm.compute(), cm_crf.compute()
+        res, res_crf = score_predictions(fn, ids, data_root=data_root, save_dir=tmp,
+                                         n_saved=scfg["n_saved_predictions"], threads=threads,
+                                         desc=f"eval seg {source}")
     write_json(out, {
         "source": source,
         "protocol": {

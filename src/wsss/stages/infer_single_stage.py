@@ -25,12 +25,12 @@ from torch import nn
 
 from wsss import metrics
 from wsss.data import voc
-from wsss.io import atomic_dir, read_image, read_label_png, write_json, write_label_png
+from wsss.io import atomic_dir, read_image, read_label_png, write_json
 from wsss.losses.single_stage import class_scores
 from wsss.parallel import imap_ordered
 from wsss.refine.crf import crf_postprocess
 from wsss.stages.eval_cams import per_class_dict
-from wsss.stages.eval_seg import predict_probs
+from wsss.stages.eval_seg import predict_probs, score_predictions
 from wsss.stages.train_single_stage import SingleStageObjective, load_net
 
 
@@ -142,20 +142,14 @@ def run(cfg: dict, *, variant: str, checkpoint: Path, data_root: Path, split: st
     rec = ScoreRecorder(net, scfg["focal"]).eval()
     ids = voc.read_split(data_root, split)
     voc.check_ids(data_root, ids, need_masks=True, split=split)
-    cm, cm_crf = metrics.ConfusionMatrix(), metrics.ConfusionMatrix()
-    keep = set(ids[: scfg["n_saved_predictions"]])
     with atomic_dir(pred_dir) as tmp:
         fn = partial(_val_one, rec=rec, data_root=data_root, scfg=scfg)
-        for image_id, pred, pred_crf in imap_ordered(fn, ids, workers=threads, desc=f"eval single_stage_{variant}"):
-            gt = read_label_png(voc.mask_path(data_root, image_id))
-            cm.update(pred, gt)
-            cm_crf.update(pred_crf, gt)
-            if image_id in keep:
-                write_label_png(tmp / f"{image_id}.png", pred)
+        res, res_crf = score_predictions(fn, ids, data_root=data_root, save_dir=tmp,
+                                         n_saved=scfg["n_saved_predictions"], threads=threads,
+                                         desc=f"eval single_stage_{variant}")
         pseudo = None
         if scfg["pseudo_eval"]["enabled"] and cam_split:
             pseudo = _pseudo_scores(rec, net, variant, data_root, cam_split, scfg, threads)
-    res, res_crf = cm.compute(), cm_crf.compute()
     write_json(out, {
         "source": f"single_stage_{variant}",
         "variant": variant,
