@@ -1,5 +1,11 @@
 """Atomic writers leave either the complete file/folder or nothing; readers name the bad file."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -17,6 +23,28 @@ def test_atomic_path_keeps_nothing_on_failure(tmp_path):
     io.write_json(target, {"a": 1})
     assert io.read_json(target) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_a_later_writer_sweeps_the_temp_file_a_sigkilled_writer_left(tmp_path):
+    target = tmp_path / "m.json"
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, signal, sys; from wsss import io\n"
+        f"with io.atomic_path({str(target)!r}) as tmp:\n"
+        "    tmp.write_text('half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n")])
+    assert killed.returncode == -signal.SIGKILL
+    leftovers = [p.name for p in tmp_path.iterdir()]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".m.json.") and leftovers[0].endswith(".tmp.json")
+    live = tmp_path / ".m.json.live.tmp.json"  # a concurrent writer's file (newer than the next process): kept
+    live.write_text("x")
+    future = time.time() + 3600
+    os.utime(live, (future, future))
+    other = tmp_path / ".n.json.abc.tmp.json"  # another target's temp file: not ours to delete
+    other.write_text("y")
+    os.utime(other, (1, 1))
+    subprocess.run([sys.executable, "-c", f"from wsss import io; io.write_json({str(target)!r}, {{'a': 1}})"],
+                   check=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.json", live.name, other.name])
 
 
 def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):

@@ -138,3 +138,10 @@ def test_stage_walk_spreads_a_cam_within_its_affinity_region_only():
     rw0 = dict(rw, n_steps=0)
     label0 = image_label(TwoRegions(), image, cam, np.array([7]), rw0)
     assert (label0[:, :28] == 7).mean() < (label[:, :28] == 7).mean()
+    # the CRF of the walked scores keeps the walk's decision on a flat image (the background plane keeps its
+    # ratio to the class plane: it must not win where the walk put class 7)
+    refine = {"crf": {"n_iter": 5, "gauss_sxy": 3, "gauss_compat": 3, "bi_sxy": 50, "bi_srgb": 5, "bi_compat": 10},
+              "ignore_confidence": 0.0}
+    label_crf = image_label(TwoRegions(), image, cam, np.array([7]), rw, crf=refine)
+    assert (label_crf[:, :28] == 7).mean() > 0.9
+    assert (label_crf[:, 36:] == 0).all()

@@ -248,6 +248,7 @@ def test_random_walk_and_single_stage_rows(exp: Path) -> None:
     seeds = table(s, "seeds")
     row = seeds[(seeds["quantity"] == "single-stage val mIoU +CRF") & (seeds["net"] == "single_stage_aa_lr")]
     assert row["mean"].iloc[0] == pytest.approx(0.50) and row["n_seeds"].iloc[0] == 1
+    assert row["delta_vs_control"].iloc[0] == pytest.approx(0.05)  # paired with the 1-stage baseline, not MainNet
 
 
 def test_seed_table_mean_spread_and_paired_delta(tmp_path: Path) -> None:
@@ -259,6 +260,7 @@ def test_seed_table_mean_spread_and_paired_delta(tmp_path: Path) -> None:
             p = root / f"seed{k}" / "metrics" / f"cam_{net}.json"
             d = read_json(p)
             d["miou"] = 0.5 + shift + extra
+            d["context_bg_share"] = 0.1 + 2 * extra  # the full model claims more context background
             write_json(p, d)
     write_data(root)
     s = run(root, seeds=[0, 1, 2])
@@ -267,4 +269,6 @@ def test_seed_table_mean_spread_and_paired_delta(tmp_path: Path) -> None:
     assert full["n_seeds"] == 3 and full["mean"] == pytest.approx(0.53) and full["sd"] == pytest.approx(0.02)
     # the paired delta removes the shared seed shift: exactly +0.03 with no spread
     assert full["delta_vs_control"] == pytest.approx(0.03) and full["delta_sd"] == pytest.approx(0.0, abs=1e-12)
+    ctx = seeds[(seeds["quantity"] == "context bg claimed by the CAM (train)") & (seeds["net"] == "mainnet_rcm_mam")]
+    assert ctx["mean"].iloc[0] == pytest.approx(0.16) and ctx["delta_vs_control"].iloc[0] == pytest.approx(0.06)
     assert "seed0/metrics/cam_supportnet.json" in table(s, "pipeline")["file"].tolist()

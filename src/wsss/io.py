@@ -13,11 +13,15 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
+
+
+_STARTED = time.time()  # temp files older than this process cannot be its own
 
 
 class WsssInputError(RuntimeError):
@@ -35,10 +39,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
 
     The temporary name keeps the target's suffix so that libraries choosing a format by extension
-    (PIL, numpy, torch) behave as they would on the real name.
+    (PIL, numpy, torch) behave as they would on the real name. Temporary files for this same target that a
+    SIGKILLed earlier process left behind (older than this process) are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temp(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -50,6 +56,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
         _name_full_disk(e, path)
         raise
+
+
+def sweep_stale_temp(path: Path) -> list[Path]:
+    """Delete the hidden temporary files of ``path`` (``.<name>.*.tmp<suffix>``) created before this process.
+
+    Only a killed writer leaves them (a failing one deletes its own); a file newer than this process may be a
+    live writer's, so it is kept. Returns the deleted paths.
+    """
+    removed = []
+    for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp{glob_escape(path.suffix)}"):
+        with contextlib.suppress(OSError):
+            if stale.is_file() and stale.stat().st_mtime < _STARTED:
+                stale.unlink()
+                removed.append(stale)
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob metacharacters bracketed, for a literal match in ``Path.glob``."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 @contextlib.contextmanager

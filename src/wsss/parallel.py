@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -32,12 +33,9 @@ def _init_worker(fn: Callable[[Any], Any]) -> None:
     _WORKER_FN = fn
     for k in _THREAD_ENV:
         os.environ[k] = "1"
-    try:
-        import torch
-
+    torch = sys.modules.get("torch")  # only if the parent loaded it: importing torch costs a worker ~1 s, and a
+    if torch is not None:              # later import reads the OMP/MKL variables set above
         torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def _call(item: Any) -> Any:

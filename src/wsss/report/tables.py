@@ -351,6 +351,9 @@ def _quantities(exp: Experiment) -> list[tuple[str, str, float]]:
         part, body = num(d, "part_recall", path), num(d, "body_recall", path)
         out += [("CAM mIoU (train)", n, num(d, "miou", path)), ("body recall (train)", n, body),
                 ("part - body recall gap (train)", n, _sub(part, body))]
+        if "context_bg_share" in d:  # synthetic data only: where the CAM's false positives go
+            out += [("context bg claimed by the CAM (train)", n, num(d, "context_bg_share", path)),
+                    ("other bg claimed by the CAM (train)", n, num(d, "other_bg_share", path))]
     for n, d in exp.pseudo.items():
         out.append(("pseudo-label mIoU, +CRF (train)", n, num(d, "miou", exp.paths[f"pseudo_{n}_crf"])))
     for n, d in exp.rw.items():
@@ -367,6 +370,19 @@ def _quantities(exp: Experiment) -> list[tuple[str, str, float]]:
     return out
 
 
+SS_CONTROL = "single_stage_baseline"
+
+
+def _paired_control(net: str) -> str | None:
+    """The run a number is compared with inside each seed: the fair control for MainNet variants, the 1-stage
+    baseline for the AA/LR variants; None for everything else (and for the controls themselves)."""
+    if net.startswith("mainnet_") and net != CONTROL:
+        return CONTROL
+    if net.startswith("single_stage_") and net != SS_CONTROL:
+        return SS_CONTROL
+    return None
+
+
 def seed_spread(exps: list[Experiment]) -> Table:
     """Mean and spread over the seeds of every number the runs share; deltas to the fair control are paired
     (computed within each seed, then averaged), so seed-to-seed variation common to both cancels."""
@@ -378,8 +394,9 @@ def seed_spread(exps: list[Experiment]) -> Table:
     for q, n in keys:
         vals = [d.get((q, n), NAN) for d in per_seed]
         mean, sd, k = _stats(vals)
-        deltas = [_sub(d.get((q, n), NAN), d.get((q, CONTROL), NAN)) for d in per_seed]
-        dmean, dsd, _ = _stats(deltas) if n.startswith("mainnet_") and n != CONTROL else (NAN, NAN, 0)
+        control = _paired_control(n)
+        deltas = [_sub(d.get((q, n), NAN), d.get((q, control), NAN)) for d in per_seed]
+        dmean, dsd, _ = _stats(deltas) if control else (NAN, NAN, 0)
         rows.append({"quantity": q, "model": net_label(n), "net": n, "n_seeds": k, "mean": mean, "sd": sd,
                      "min": min((v for v in vals if not math.isnan(v)), default=NAN),
                      "max": max((v for v in vals if not math.isnan(v)), default=NAN),
@@ -390,8 +407,8 @@ def seed_spread(exps: list[Experiment]) -> Table:
     return Table(
         "seeds", "Mean and spread over seeds",
         f"Seeds {seeds}: mean, sample standard deviation (sd, n-1; a dash with one seed), min and max of each "
-        f"number, x100. delta_vs_control = paired difference to '{net_label(CONTROL)}' within each seed, averaged "
-        "(delta_sd its sd): a gain is distinguishable from seed noise when |delta| is clearly larger than delta_sd.",
+        f"number, x100. delta_vs_control = paired difference to '{net_label(CONTROL)}' (MainNet variants) or to the "
+        "1-stage baseline (AA/LR variants) within each seed, averaged (delta_sd its sd): a gain is distinguishable from seed noise when |delta| is clearly larger than delta_sd.",
         pd.DataFrame(rows, columns=cols), fmt,
     )
 

@@ -23,6 +23,13 @@ def per_class_dict(values: list) -> dict:
     return {name: v for name, v in zip(voc.VOC_CLASSES, values)}
 
 
+def scores_with_crf(res: dict, res_crf: dict) -> dict:
+    """The four score keys every segmentation evaluation writes: mIoU and per-class IoU, without and with CRF."""
+    return {"miou": res["miou"], "miou_crf": res_crf["miou"],
+            "per_class_iou": per_class_dict(res["per_class_iou"]),
+            "per_class_iou_crf": per_class_dict(res_crf["per_class_iou"])}
+
+
 def bias_probes(data_root: Path):
     """(part-mask folder or None, context class ids) of a synthetic dataset; (None, set()) for real data."""
     part_dir = data_root / "PartMasks"

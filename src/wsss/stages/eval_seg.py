@@ -18,7 +18,7 @@ from wsss.data import voc
 from wsss.io import atomic_dir, read_image, read_label_png, write_json, write_label_png
 from wsss.parallel import imap_ordered
 from wsss.refine.crf import crf_postprocess
-from wsss.stages.eval_cams import per_class_dict
+from wsss.stages.eval_cams import scores_with_crf
 from wsss.stages.train_seg import load_net
 
 
@@ -86,9 +86,6 @@ def run(cfg: dict, *, source: str, checkpoint: Path, data_root: Path, split: str
             "ignore": "255 in GT ignored",
             "image_labels_at_test": "not used (no GT-label cleaning)",
         },
-        "miou": res["miou"],
-        "miou_crf": res_crf["miou"],
-        "per_class_iou": per_class_dict(res["per_class_iou"]),
-        "per_class_iou_crf": per_class_dict(res_crf["per_class_iou"]),
+        **scores_with_crf(res, res_crf),
         "train_labels": ckpt["config"]["labels"],
     })

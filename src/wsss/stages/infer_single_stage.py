@@ -29,7 +29,7 @@ from wsss.io import atomic_dir, read_image, read_label_png, write_json
 from wsss.losses.single_stage import class_scores
 from wsss.parallel import imap_ordered
 from wsss.refine.crf import crf_postprocess
-from wsss.stages.eval_cams import per_class_dict
+from wsss.stages.eval_cams import per_class_dict, scores_with_crf
 from wsss.stages.eval_seg import predict_probs, score_predictions
 from wsss.stages.train_single_stage import SingleStageObjective, load_net
 
@@ -118,10 +118,7 @@ def _pseudo_scores(rec, net, variant, data_root: Path, split: str, scfg: dict, t
         "images": len(ids),
         "masks": {
             "protocol": "multi-scale + flip masks as on val, classes cut by the GT image labels (1-stage USE_GT_LABELS)",
-            "miou": res["miou"],
-            "miou_crf": res_crf["miou"],
-            "per_class_iou": per_class_dict(res["per_class_iou"]),
-            "per_class_iou_crf": per_class_dict(res_crf["per_class_iou"]),
+            **scores_with_crf(res, res_crf),
         },
         "pamr_pseudo_gt": {
             "protocol": ("single-scale masks -> PAMR -> pseudo_gt on the label grid (the training targets), "
@@ -165,10 +162,7 @@ def run(cfg: dict, *, variant: str, checkpoint: Path, data_root: Path, split: st
             "ignore": "255 in GT ignored",
             "image_labels_at_test": "not used (classes cut by the model's own class scores, 1-stage FP_CUT_SCORE)",
         },
-        "miou": res["miou"],
-        "miou_crf": res_crf["miou"],
-        "per_class_iou": per_class_dict(res["per_class_iou"]),
-        "per_class_iou_crf": per_class_dict(res_crf["per_class_iou"]),
+        **scores_with_crf(res, res_crf),
         "pseudo_labels": pseudo,
         "train_final": {k: v for k, v in ckpt["history"][-1].items() if k not in ("epoch", "seconds")},
     })

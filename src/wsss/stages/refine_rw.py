@@ -49,8 +49,10 @@ def image_label(net, image: np.ndarray, cam: np.ndarray, keys: np.ndarray, rw: d
     lut = np.concatenate([[0], np.asarray(keys, np.int64)]).astype(np.uint8)
     if crf is None or len(keys) == 0:
         return lut[scores.argmax(axis=0)]
-    # walked scores as CRF unaries: each plane max-normalised to [0, 1] (the IRN background plane is a constant)
-    scores = scores / np.maximum(scores.max(axis=(1, 2), keepdims=True), 1e-6)
+    # walked scores as CRF unaries, all planes divided by ONE maximum: the background plane (IRN's constant, or
+    # PSA's walked power) keeps its ratio to the classes. Normalising each plane by its own maximum would lift
+    # IRN's constant 0.35 to 1.0 and let the background win every pixel.
+    scores = scores / max(float(scores.max()), 1e-6)
     post = dense_crf(image, np.clip(scores, 0.0, 1.0), **crf["crf"])
     label = lut[post.argmax(0)]
     if crf["ignore_confidence"] > 0:
