@@ -45,6 +45,16 @@ def test_a_later_writer_sweeps_the_temp_file_a_sigkilled_writer_left(tmp_path):
     subprocess.run([sys.executable, "-c", f"from wsss import io; io.write_json({str(target)!r}, {{'a': 1}})"],
                    check=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.json", live.name, other.name])
+    # in this process (one scan per folder, cached): an old leftover of a PNG target goes on its first write
+    sub = tmp_path / "labels"
+    sub.mkdir()
+    old = sub / ".a.png.x1y2z3.tmp.png"
+    old.write_bytes(b"half")
+    os.utime(old, (1, 1))
+    io.write_label_png(sub / "b.png", np.zeros((2, 2), np.uint8))
+    assert old.exists()  # another target's leftover stays
+    io.write_label_png(sub / "a.png", np.zeros((2, 2), np.uint8))
+    assert sorted(p.name for p in sub.iterdir()) == ["a.png", "b.png"]
 
 
 def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):

@@ -58,24 +58,39 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+_STALE: dict[Path, dict[str, list[Path]]] = {}  # folder -> target name -> its temp files older than this process
+
+
+def _stale_in(folder: Path) -> dict[str, list[Path]]:
+    """The hidden temp files (``.<name>.<random>.tmp<suffix>``) in ``folder`` older than this process, by target
+    name. Listed once per folder and process: files created later are newer than ``_STARTED``, so the list stays
+    complete, and a stage writing thousands of files into one folder pays one scan, not one per file."""
+    if folder not in _STALE:
+        found: dict[str, list[Path]] = {}
+        with contextlib.suppress(OSError):
+            for e in os.scandir(folder):
+                if not (e.name.startswith(".") and ".tmp" in e.name and e.is_file(follow_symlinks=False)):
+                    continue
+                head, _, suffix = e.name[1:].rpartition(".tmp")
+                name = head.rpartition(".")[0]  # drop mkstemp's random part
+                if name and name.endswith(suffix) and e.stat().st_mtime < _STARTED:
+                    found.setdefault(name, []).append(Path(e.path))
+        _STALE[folder] = found
+    return _STALE[folder]
+
+
 def sweep_stale_temp(path: Path) -> list[Path]:
     """Delete the hidden temporary files of ``path`` (``.<name>.*.tmp<suffix>``) created before this process.
 
     Only a killed writer leaves them (a failing one deletes its own); a file newer than this process may be a
-    live writer's, so it is kept. Returns the deleted paths.
+    live writer's, so it is kept, and other targets' files are never touched. Returns the deleted paths.
     """
     removed = []
-    for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp{glob_escape(path.suffix)}"):
+    for stale in _stale_in(path.parent).pop(path.name, []):
         with contextlib.suppress(OSError):
-            if stale.is_file() and stale.stat().st_mtime < _STARTED:
-                stale.unlink()
-                removed.append(stale)
+            stale.unlink()
+            removed.append(stale)
     return removed
-
-
-def glob_escape(text: str) -> str:
-    """``text`` with glob metacharacters bracketed, for a literal match in ``Path.glob``."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 @contextlib.contextmanager
