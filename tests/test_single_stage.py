@@ -161,7 +161,7 @@ def test_warmup_epochs_skip_the_segmentation_losses(tmp_path):
     for epoch in (0, 1):
         obj.epoch = epoch
         out = obj(x, y)
-        assert float(out["loss_seg"]) == float(out["loss_aa"]) == float(out["loss_lr"]) == 0.0
+        assert all(out[k].detach().item() == 0.0 for k in ("loss_seg", "loss_aa", "loss_lr"))
         assert torch.allclose(out["loss"], out["loss_cls"])
     assert not calls  # no pseudo GT made during the warm-up
     obj.epoch = 2
@@ -191,9 +191,9 @@ def test_variant_switches(tmp_path, variant, has_aa, has_lr):
     out = obj(x, y)
     assert ("loss_aa" in out) == has_aa and ("loss_lr" in out) == has_lr
     if has_aa:
-        assert float(out["loss_aa"]) > 0
+        assert out["loss_aa"].detach().item() > 0
     if has_lr:
-        assert float(out["loss_lr"]) > 0
+        assert out["loss_lr"].detach().item() > 0
     terms = sum(v for k, v in out.items() if k.startswith("loss_"))
     assert torch.allclose(out["loss"], terms)
     out["loss"].backward()
@@ -207,7 +207,7 @@ def test_aa_weight_scales_the_term(tmp_path):
         _two_region_pseudo_gt(obj)
         obj.net.eval()  # no dropout / stochastic gate: the same logits twice
         obj.epoch = 5
-        outs.append(float(obj(*_batch())["loss_aa"]))
+        outs.append(obj(*_batch())["loss_aa"].detach().item())
     assert outs[1] == pytest.approx(2 * outs[0], rel=1e-5)
 
 
@@ -226,8 +226,8 @@ def test_short_training_decreases_the_loss(tmp_path):
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
-        first = float(out["loss"]) if first is None else first
-    assert float(obj(x, y)["loss"]) < 0.7 * first
+        first = out["loss"].detach().item() if first is None else first
+    assert obj(x, y)["loss"].detach().item() < 0.7 * first
 
 
 # ------------------------------------------------------------------------------------------------ the stages
