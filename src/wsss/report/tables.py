@@ -408,7 +408,8 @@ def seed_spread(exps: list[Experiment]) -> Table:
         "seeds", "Mean and spread over seeds",
         f"Seeds {seeds}: mean, sample standard deviation (sd, n-1; a dash with one seed), min and max of each "
         f"number, x100. delta_vs_control = paired difference to '{net_label(CONTROL)}' (MainNet variants) or to the "
-        "1-stage baseline (AA/LR variants) within each seed, averaged (delta_sd its sd): a gain is distinguishable from seed noise when |delta| is clearly larger than delta_sd.",
+        "1-stage baseline (AA/LR variants) within each seed, averaged (delta_sd its sd): a gain is distinguishable "
+        "from seed noise when |delta| is clearly larger than delta_sd.",
         pd.DataFrame(rows, columns=cols), fmt,
     )
 
