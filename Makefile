@@ -12,7 +12,7 @@ CORES  ?= all
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
-	$(BIN)/pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip install --disable-pip-version-check -q --no-build-isolation -e .
 	touch $(STAMP)
 
 run: $(STAMP)

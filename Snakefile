@@ -1,11 +1,12 @@
-# wsss: the one DAG. Stages live in workflow/rules/ (one file per stage); paths and config in common.smk.
-# dvc.yaml is generated from this DAG (`wsss dvc-yaml`), and a test fails if the two drift apart.
+# wsss: the one DAG. Each stage is declared once (src/wsss/registry.py); workflow/rules/common.smk derives its rule,
+# workflow/rules/<group>.smk lists the stages of a group. dvc.yaml is generated from this DAG (`wsss-dvc-yaml`), and
+# a test fails if the two drift apart.
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-# The embedded default, unless a config file is given with --configfile (the stages read exactly one file).
+# The embedded default, unless a config file is given with --configfile (the run reads exactly one file).
 if not workflow.overwrite_configfiles:
 
     configfile: "config/config.yaml"
@@ -24,4 +25,4 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        final_targets(),
+        registry.final_targets(CFG),

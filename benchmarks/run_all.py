@@ -116,11 +116,10 @@ def bench_cam(n: int = 100) -> dict:
 
     import torch
 
-    from wsss import config
+    from wsss import config, registry
     from wsss.data.voc import ImageDataset
-    from wsss.models.cam_net import multiscale_cam
+    from wsss.models.cam_net import load_cam_net, multiscale_cam
     from wsss.stages import extract_cams
-    from wsss.stages.train_cam import load_cam_net
 
     ckpt = REPO / "results/default/seed0/models/supportnet/checkpoint.pt"
     data = REPO / "results/default/data/VOC2012"
@@ -136,7 +135,8 @@ def bench_cam(n: int = 100) -> dict:
         for sub in ("JPEGImages", "labels.json"):
             (root / sub).symlink_to(data / sub)
         t0 = time.perf_counter()
-        extract_cams.run(cfg, checkpoint=ckpt, data_root=root, split="train", out_dir=Path(tmp) / "cams")
+        view = config.stage_view(cfg, registry.STAGES["extract_cams"], {})
+        extract_cams.run(view, seed=0, net="supportnet", ckpt=ckpt, data=root, cams=Path(tmp) / "cams")
         stage = time.perf_counter() - t0
         net, _ = load_cam_net(ckpt)
         ds = ImageDataset(root, "train")

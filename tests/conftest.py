@@ -49,3 +49,15 @@ def smoke_run(tmp_path_factory):
     work = copy_workflow(tmp_path_factory.mktemp("smoke"))
     run([BIN / "snakemake", "--cores", "2", "--configfile", "config/smoke.yaml"], cwd=work)
     return work
+
+
+def run_stage(name: str, cfg: dict, **kwargs):
+    """Run stage ``name`` in this process as the CLI does: its module's ``run`` with the stage's slice of the
+    complete config ``cfg`` (undeclared keys raise) and the given files, wildcards and threads."""
+    import importlib
+
+    from wsss import config, registry
+
+    stage = registry.STAGES[name]
+    view = config.stage_view(cfg, stage, {w: kwargs[w] for w in stage.wildcards if w in kwargs})
+    return importlib.import_module(stage.module).run(view, **kwargs)

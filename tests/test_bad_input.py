@@ -36,7 +36,7 @@ def wsss(args, capsys) -> tuple[int, str]:
     """Run `wsss <args>` in-process; (exit code, stderr)."""
     capsys.readouterr()
     argv = [str(a) for a in args]
-    if "--threads" not in argv:
+    if "--threads" not in argv and argv[0] not in ("validate", "config"):
         argv += ["--threads", "1"]
     rc = cli.main(argv)
     return rc, capsys.readouterr().err
@@ -54,12 +54,12 @@ def base(tmp_path_factory):
     synthetic.generate(root, config.validate(TINY)["data"]["synthetic"])
     cfg = write_cfg(work / "tiny.yaml", TINY)
     ck = work / "models" / "checkpoint.pt"
-    assert cli.main(["train-cam", "--config", str(cfg), "--threads", "1", "--net", "supportnet", "--data", str(root),
-                     "--out", str(ck), "--metrics", str(work / "m.json"), "--plot", str(work / "p.json"),
+    assert cli.main(["train_supportnet", "--config", str(cfg), "--threads", "1", "--data", str(root),
+                     "--ckpt", str(ck), "--metrics", str(work / "m.json"), "--plot", str(work / "p.json"),
                      "--state", str(work / "state.pt")]) == 0
     cams = work / "cams"
-    assert cli.main(["extract-cams", "--config", str(cfg), "--threads", "1", "--checkpoint", str(ck), "--data",
-                     str(root), "--split", "train", "--out", str(cams)]) == 0
+    assert cli.main(["extract_cams", "--config", str(cfg), "--threads", "1", "--net", "supportnet", "--ckpt", str(ck),
+                     "--data", str(root), "--cams", str(cams)]) == 0
     return {"work": work, "root": root, "cfg": cfg, "ck": ck, "cams": cams}
 
 
@@ -77,22 +77,22 @@ def first_id(root: Path, split: str = "train") -> str:
     return (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()[0]
 
 
-def extract(base, root, out, capsys, split="train"):
-    return wsss(["extract-cams", "--config", base["cfg"], "--checkpoint", base["ck"], "--data", root, "--split", split,
-                 "--out", out], capsys)
+def extract(base, root, out, capsys):
+    return wsss(["extract_cams", "--config", base["cfg"], "--net", "supportnet", "--ckpt", base["ck"], "--data", root,
+                 "--cams", out], capsys)
 
 
 def eval_cams(base, root, cams, tmp, capsys):
     out, curve = tmp / "metrics" / "cam.json", tmp / "metrics" / "curve.json"
-    rc, err = wsss(["eval-cams", "--config", base["cfg"], "--net", "supportnet", "--cams", cams, "--data", root,
-                    "--split", "train", "--out", out, "--curve", curve], capsys)
+    rc, err = wsss(["eval_cams", "--config", base["cfg"], "--net", "supportnet", "--cams", cams, "--data", root,
+                    "--metrics", out, "--curve", curve], capsys)
     return rc, err, [out, curve]
 
 
 def crf(base, root, cams, tmp, capsys, threads=1):
     out, m = tmp / "pseudo", tmp / "metrics" / "crf.json"
     rc, err = wsss(["crf", "--config", base["cfg"], "--threads", threads, "--net", "supportnet", "--cams", cams,
-                    "--data", root, "--split", "train", "--eval-split", "train", "--out", out, "--metrics", m], capsys)
+                    "--data", root, "--pseudo", out, "--metrics", m], capsys)
     return rc, err, [out, m]
 
 
@@ -124,7 +124,7 @@ def test_corrupt_jpeg_train_cam(base, data, capsys):
     root, _, tmp = data
     bad = _corrupt(root)
     ck = tmp / "models" / "ck.pt"
-    rc, err = wsss(["train-cam", "--config", base["cfg"], "--net", "supportnet", "--data", root, "--out", ck,
+    rc, err = wsss(["train_supportnet", "--config", base["cfg"], "--data", root, "--ckpt", ck,
                     "--metrics", tmp / "m.json", "--plot", tmp / "p.json", "--state", tmp / "state.pt"], capsys)
     assert rc != 0
     assert str(bad) in err and "replace the file" in err
@@ -268,7 +268,7 @@ def test_missing_pretrained_weights_offline(base, data, capsys, monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     bad = _bad_cfg(tmp, lambda c: c["supportnet"].update(backbone={"name": "resnet18", "pretrained": True}))
     ck = tmp / "models" / "ck.pt"
-    rc, err = wsss(["train-cam", "--config", bad, "--net", "supportnet", "--data", root, "--out", ck,
+    rc, err = wsss(["train_supportnet", "--config", bad, "--data", root, "--ckpt", ck,
                     "--metrics", tmp / "m.json", "--plot", tmp / "p.json", "--state", tmp / "state.pt"], capsys)
     assert rc != 0
     assert "resnet18-f37072fd.pth" in err and "$TORCH_HOME/hub/checkpoints/" in err

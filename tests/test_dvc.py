@@ -1,4 +1,4 @@
-"""dvc.yaml is generated from the Snakemake DAG, never drifts, and `dvc repro` runs the same pipeline."""
+"""dvc.yaml is generated from the Snakemake DAG, never drifts, and DVC records, re-runs and compares the pipeline."""
 
 import json
 import re
@@ -22,13 +22,22 @@ def test_generated_stages_mirror_snakemake_jobs():
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
     variants = cfg["mainnet"]["variants"]
     assert {f"train_mainnet_{v}" for v in variants} <= set(stages)
-    assert {"make_data", "train_supportnet", "report", "train_seg_pseudo", "train_seg_gt"} <= set(stages)
+    assert {"config", "make_data", "train_supportnet", "report", "train_seg_pseudo", "train_seg_gt"} <= set(stages)
     crf = stages["crf_supportnet"]
-    assert crf["cmd"].startswith("wsss crf --config config/config.yaml --threads 0")
+    assert crf["cmd"].startswith("wsss crf --params results/default/params/crf.json --threads 0 ")
     params = crf["params"][0]["config/config.yaml"]
-    assert "refine.crf" in params and "refine.calibrate_background" in params
-    assert "results/default/seed0/cams/supportnet" in crf["deps"]
-    assert crf["metrics"] == [{"results/default/seed0/metrics/pseudo_supportnet_crf.json": {"cache": False}}]
+    assert "refine.crf" in params and "refine.calibrate_background" in params and "refine.random_walk" not in params
+    assert {"results/default/seed0/cams/supportnet", "results/default/params/crf.json", "src/wsss/refine/crf.py",
+            "src/wsss/stages/crf.py"} <= set(crf["deps"])
+    assert "src/wsss/engine/trainer.py" not in crf["deps"]  # the CRF stage does not import the training loop
+    assert crf["metrics"] == ["results/default/seed0/metrics/pseudo_supportnet_crf.json"]  # cached: DVC compares
+    # the config stage validates and writes every slice, first; its outputs persist through a failed validation
+    first = stages["config"]
+    assert first["cmd"] == "wsss config --config config/config.yaml --out results/default/params"
+    assert "config/config.yaml" in first["deps"]
+    assert all(next(iter(o.values())) == {"persist": True} for o in first["outs"])
+    slices = {next(iter(o)) for o in first["outs"]}
+    assert all(any(d in slices for d in s["deps"]) for n, s in stages.items() if n != "config")
     # no out is declared twice and none lies inside another (DVC rejects overlapping outs)
     outs = [o if isinstance(o, str) else next(iter(o)) for s in stages.values()
             for k in ("outs", "metrics", "plots") for o in s.get(k, [])]
@@ -36,43 +45,68 @@ def test_generated_stages_mirror_snakemake_jobs():
     assert not [(a, b) for a in outs for b in outs if a != b and b.startswith(a + "/")]
 
 
+def _git(work, *args):
+    return run(["git", *args], cwd=work)
+
+
 @pytest.mark.e2e
-def test_dvc_repro_runs_the_smoke_pipeline(tmp_path, smoke_run):
+def test_dvc_records_the_run_and_compares_experiments(tmp_path, smoke_run):
+    """The smoke run's outputs recorded by DVC (`dvc commit`: recomputing would test nothing more), two
+    experiments (`dvc exp run -S`), then `dvc exp show` / `dvc metrics diff` load real values for every revision,
+    and the outputs round-trip through a local DVC remote."""
     work = copy_workflow(tmp_path / "repo")
-    run(["git", "init", "-q"], cwd=work)
-    run(["git", "config", "user.email", "ci@example.org"], cwd=work)
-    run(["git", "config", "user.name", "ci"], cwd=work)
+    shutil.copytree(smoke_run / "results", work / "results")
+    _git(work, "init", "-q")
+    _git(work, "config", "user.email", "ci@example.org")
+    _git(work, "config", "user.name", "ci")
     run([BIN / "dvc", "init", "-q"], cwd=work)
     run([BIN / "wsss-dvc-yaml", "--configfile", "config/smoke.yaml", "--out", "dvc.yaml"], cwd=work)
-    run([BIN / "dvc", "repro"], cwd=work, timeout=1200)
-    status = run([BIN / "dvc", "status"], cwd=work).stdout
-    assert "up to date" in status
-    shown = json.loads(run([BIN / "dvc", "metrics", "show", "--json"], cwd=work).stdout)
-    assert "cam_supportnet.json" in json.dumps(shown)
-    # the same pipeline: DVC's metric files equal the Snakemake run's (same config, same seed, CPU)
-    # (two independent runs of the smoke DAG, same seed: every metric file is identical)
-    names = sorted(p.name for p in (smoke_run / "results/smoke/seed0/metrics").glob("*.json"))
-    # train_* (5 CAM nets, affinity, 2 DeepLab, 4 single-stage), cam_* 5, pseudo_* (3 CRF + 1 walk), seg_* (2 + 4),
-    # export_val
-    assert len(names) == 12 + 5 + 4 + 6 + 1, names
-    for name in names:
-        a = (work / "results/smoke/seed0/metrics" / name).read_text()
-        b = (smoke_run / "results/smoke/seed0/metrics" / name).read_text()
-        assert a == b, name
-    # the config is DVC params: `dvc exp run -S` changes a value and re-runs only the stages that read it
-    run(["git", "add", "-A"], cwd=work)
-    run(["git", "commit", "-qm", "smoke"], cwd=work)
+    run([BIN / "dvc", "commit", "-f", "-q"], cwd=work)
+    assert "up to date" in run([BIN / "dvc", "status"], cwd=work).stdout
+    _git(work, "add", "-A")
+    _git(work, "commit", "-qm", "smoke")
     before = json.loads((work / "results/smoke/seed0/metrics/train_supportnet.json").read_text())
-    p = run([BIN / "dvc", "exp", "run", "-S", "config/smoke.yaml:refine.crf.n_iter=3"], cwd=work, timeout=1200)
+
+    p = run([BIN / "dvc", "exp", "run", "-n", "crf3", "-S", "config/smoke.yaml:refine.crf.n_iter=3"], cwd=work,
+            timeout=1200)
     ran = set(re.findall(r"Running stage '([\w]+)'", p.stdout + p.stderr))
     # the CRF labels feed the affinity net and the walk (smoke: label_source crf); DeepLab re-runs only if the
     # walk's labels changed (DVC compares content, not times)
-    assert {"crf_supportnet", "crf_mainnet_baseline", "crf_mainnet_rcm_mam", "train_affinity_mainnet_rcm_mam",
+    assert {"config", "crf_supportnet", "crf_mainnet_baseline", "crf_mainnet_rcm_mam", "train_affinity_mainnet_rcm_mam",
             "random_walk_mainnet_rcm_mam", "report"} <= ran
     assert not any(s.startswith(("train_mainnet", "extract_cams", "train_supportnet", "train_seg_gt")) for s in ran)
     assert json.loads((work / "results/smoke/seed0/metrics/train_supportnet.json").read_text()) == before
-    diff = run([BIN / "dvc", "params", "diff", "--json"], cwd=work).stdout
-    assert "n_iter" in diff
+    p = run([BIN / "dvc", "exp", "run", "-n", "title", "-S", "config/smoke.yaml:report.title=other"], cwd=work,
+            timeout=600)
+    assert set(re.findall(r"Running stage '([\w]+)'", p.stdout + p.stderr)) == {"config", "report"}
+
+    shown = json.loads(run([BIN / "dvc", "exp", "show", "--json"], cwd=work).stdout)
+    found = {}
+    for rev in shown:  # the baseline commit and its experiments
+        exps = [rev] + [e for x in rev.get("experiments") or [] for e in x.get("revs", [])]
+        for e in exps:
+            data = e.get("data") or {}
+            metrics = data.get("metrics") or {}
+            name = data.get("name") or e.get("name") or e.get("rev")
+            found[name] = {path: m.get("data") for path, m in metrics.items()}
+    assert {"crf3", "title"} <= set(found) and len(found) >= 3, found.keys()
+    for name, metrics in found.items():
+        pseudo = metrics["results/smoke/seed0/metrics/pseudo_supportnet_crf.json"]
+        cam = metrics["results/smoke/seed0/metrics/cam_supportnet.json"]
+        assert isinstance(pseudo["miou"], float) and isinstance(cam["miou"], float), name
+    base = next(m for n, m in found.items() if n not in ("crf3", "title", "workspace"))  # the smoke commit
+    key = "results/smoke/seed0/metrics/pseudo_supportnet_crf.json"
+    assert found["crf3"][key]["miou"] != base[key]["miou"]  # the experiment changed the CRF labels ...
+    cam = "results/smoke/seed0/metrics/cam_supportnet.json"
+    assert found["crf3"][cam] == base[cam] == found["title"][cam]  # ... and nothing upstream of them
+
+    diff = json.loads(run([BIN / "dvc", "metrics", "diff", "HEAD", "crf3", "--json"], cwd=work).stdout)
+    assert "failed" not in json.dumps(diff).lower()
+    miou = diff[key]["miou"]
+    assert isinstance(miou["old"], float) and isinstance(miou["new"], float) and miou["old"] != miou["new"]
+    params = run([BIN / "dvc", "params", "diff", "HEAD", "crf3", "--json"], cwd=work).stdout
+    assert "n_iter" in params
+
     # checkpoints, CAMs and metrics round-trip through a (local directory) DVC remote
     store = tmp_path / "store"
     run([BIN / "dvc", "remote", "add", "-d", "-f", "local", str(store)], cwd=work)

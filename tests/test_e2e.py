@@ -104,8 +104,13 @@ def test_every_output_and_metric(smoke_run):
     assert "AA&LR single-stage model (val)" in md and "1-stage +AA+LR" in md
     for fig in ("threshold_curves", "training_curves", "qualitative_train", "qualitative_val", "synthetic_samples"):
         assert (rep / "figures" / f"{fig}.png").is_file()
-    # no temporary leftovers of the atomic writers
+    # no temporary leftovers of the atomic writers, and no resumable state once the trainings have finished
     assert not [p for p in exp.rglob("*") if ".tmp" in p.name]
+    assert not [p for p in (exp / "state").rglob("*.pt")]
+    # every stage read exactly the config keys it declared (undeclared ones would have failed the job)
+    logs = [p.read_text() for p in root.rglob("logs/*.log")]
+    assert len(logs) == 35  # one per stage job of the smoke DAG
+    assert not [t for t in logs if "declares config keys it did not read" in t]
 
 
 def _dry_run_jobs(work: Path, *extra) -> dict:
@@ -132,7 +137,8 @@ def test_changing_a_crf_parameter_reruns_only_refinement_and_after(smoke_run):
     finally:
         cfg_path.write_text(original)
     # CRF labels feed the affinity net (label_source crf), whose walk feeds DeepLab (pseudo_labels rw)
-    assert jobs == {"crf": 3, "train_affinity": 1, "random_walk": 1, "train_seg": 1, "eval_seg": 1,
+    # the slices of crf, random_walk (it runs a CRF of the walked scores in smoke) and the report changed
+    assert jobs == {"config": 3, "crf": 3, "train_affinity": 1, "random_walk": 1, "train_seg": 1, "eval_seg": 1,
                     "export_seg": 1, "report": 1, "all": 1}
 
 
@@ -148,7 +154,7 @@ def test_adding_a_seed_runs_only_that_seed(smoke_run):
     finally:
         cfg_path.write_text(original)
     # every per-seed job once (for seed 1), the shared data not again, and the report that gathers both seeds
-    assert jobs == {"train_supportnet": 1, "train_mainnet": 4, "extract_cams": 5, "eval_cams": 5, "crf": 3,
+    assert jobs == {"config": 1, "train_supportnet": 1, "train_mainnet": 4, "extract_cams": 5, "eval_cams": 5, "crf": 3,
                     "train_affinity": 1, "random_walk": 1, "train_seg": 2, "eval_seg": 2, "export_seg": 1,
                     "train_single_stage": 4, "eval_single_stage": 4, "report": 1, "all": 1}
     text = out.stdout + out.stderr
@@ -169,3 +175,56 @@ def test_snakemake_report_embeds_ours(smoke_run):
 
     names = zipfile.ZipFile(smoke_run / "sm_report.zip").namelist()
     assert any(n.endswith("index.html") for n in names)
+
+
+def _metric_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("metrics/*.json"))}
+
+
+def _set(cfg_path: Path, section: str, key: str, value) -> None:
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg.setdefault(section, {}).setdefault("train" if key == "lr" else "crf", {})[key] = value
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def _copy_run(smoke_run: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(smoke_run, dst, symlinks=True)  # file times kept: the copy is up to date
+    assert _dry_run_jobs(dst) == {}
+    return dst
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("section,key,value", [("refine", "n_iter", 3), ("supportnet", "lr", 0.004)])
+def test_an_upstream_change_retrains_downstream_and_reverting_restores_every_metric(smoke_run, tmp_path, section,
+                                                                                    key, value):
+    """Issue 12's two reproductions: a CRF parameter (its labels feed the affinity net, whose walk feeds DeepLab)
+    and SupportNet's learning rate (every MainNet starts from it). The re-run trains the downstream networks afresh
+    (no stale resume state, no "resumed" in their logs) and their metrics change; reverting the config reproduces
+    every metric file of the first run byte for byte."""
+    work = _copy_run(smoke_run, tmp_path / "run")
+    root = work / "results/smoke"
+    first = _metric_files(root)
+    cfg_path = work / "config/smoke.yaml"
+    original = cfg_path.read_text()
+    _set(cfg_path, section, key, value)
+    run([BIN / "snakemake", "--cores", "2", "--configfile", "config/smoke.yaml"], cwd=work, timeout=1500)
+    changed = _metric_files(root)
+    retrained = (["train_affinity_mainnet_rcm_mam", "train_seg_pseudo"] if section == "refine"
+                 else ["train_supportnet", "train_mainnet_baseline", "train_mainnet_rcm_mam", "train_affinity_mainnet_rcm_mam",
+                       "train_seg_pseudo", "train_seg_gt", "train_single_stage_aa_lr"])
+    for name in retrained:
+        log = (root / f"seed0/logs/{name}.log").read_text()
+        assert "resumed from" not in log, name
+    moved = {"refine": ["pseudo_supportnet_crf", "train_affinity_mainnet_rcm_mam", "seg_pseudo"],
+             "supportnet": ["train_supportnet", "train_mainnet_baseline", "train_mainnet_rcm_mam", "cam_mainnet_rcm_mam",
+                            "seg_pseudo"]}[section]
+    for name in moved:
+        f = f"seed0/metrics/{name}.json"
+        assert changed[f] != first[f], f"{f} did not change after {section}.{key} changed"
+    if section == "refine":  # the classifiers and their CAMs are upstream of the CRF: untouched
+        assert all(changed[f] == first[f] for f in first if "/cam_" in f or "train_mainnet" in f)
+    cfg_path.write_text(original)
+    run([BIN / "snakemake", "--cores", "2", "--configfile", "config/smoke.yaml"], cwd=work, timeout=1500)
+    assert _metric_files(root) == first

@@ -2,17 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsss.losses import (
-    IGNORE_INDEX,
-    PrototypeMemory,
-    attentive_weight,
-    class_prototypes,
-    fuse_multiscale,
-    mam_loss,
-    multilabel_loss,
-    pixel_prototype_contrast,
-    region_labels,
-)
+from wsss.losses.classification import multilabel_loss
+from wsss.losses.mam import attentive_weight, fuse_multiscale, mam_loss
+from wsss.losses.rcm import IGNORE_INDEX, PrototypeMemory, class_prototypes, pixel_prototype_contrast, region_labels
 
 
 @pytest.fixture(autouse=True)

@@ -115,9 +115,9 @@ def test_rw_label_irn_and_psa_background():
 
 
 def test_stage_walk_spreads_a_cam_within_its_affinity_region_only():
-    """refine_rw.image_label: a CAM peak in the left half of an image whose affinity embedding splits it into
+    """refine.random_walk.walk_label: a CAM peak in the left half of an image whose affinity embedding splits it into
     left/right regions spreads over the whole left half (its region) and never into the right half."""
-    from wsss.stages.refine_rw import image_label
+    from wsss.refine.random_walk import walk_label as image_label
 
     class TwoRegions(torch.nn.Module):
         def forward(self, x):

@@ -1,6 +1,6 @@
 """Crash safety with real processes and real SIGKILLs (tests/test_stages.py simulates the kill in-process).
 
-1. ``wsss train-cam`` killed between epochs resumes from its state file to bit-identical weights and metrics.
+1. ``wsss train_supportnet`` killed between epochs resumes from its state file to bit-identical weights and metrics.
 2. Snakemake killed (whole process group) while a long job (extract_cams, mid-write) runs leaves nothing that
    looks complete, and ``--rerun-incomplete`` then finishes the DAG.
 """
@@ -59,8 +59,8 @@ def test_sigkill_mid_training_resumes_to_the_same_result(tmp_path):
     synthetic.generate(data, config.validate(TINY_CFG)["data"]["synthetic"])
 
     def cmd(d: Path) -> list:
-        return [BIN / "wsss", "train-cam", "--config", cfg_file, "--threads", "1", "--log", d / "log.txt",
-                "--net", "supportnet", "--data", data, "--out", d / "ckpt" / "checkpoint.pt",
+        return [BIN / "wsss", "train_supportnet", "--config", cfg_file, "--threads", "1", "--log", d / "log.txt",
+                "--seed", "0", "--data", data, "--ckpt", d / "ckpt" / "checkpoint.pt",
                 "--metrics", d / "metrics.json", "--plot", d / "plot.json", "--state", d / "state" / "supportnet.pt"]
 
     a, b = tmp_path / "a", tmp_path / "b"
@@ -84,9 +84,9 @@ def test_sigkill_mid_training_resumes_to_the_same_result(tmp_path):
             _kill_group(proc)
     rc = proc.wait(timeout=30)
     assert killed_after is not None, (
-        f"train-cam ended (rc {rc}) before the kill could land between epochs 1 and {EPOCHS - 1}: "
+        f"train_supportnet ended (rc {rc}) before the kill could land between epochs 1 and {EPOCHS - 1}: "
         "make the tiny dataset larger so that an epoch takes longer")
-    assert rc == -signal.SIGKILL, f"train-cam was not killed by SIGKILL (rc {rc}): it finished before the kill"
+    assert rc == -signal.SIGKILL, f"train_supportnet was not killed by SIGKILL (rc {rc}): it finished before the kill"
     assert not (b / "ckpt" / "checkpoint.pt").exists(), "a killed training left a checkpoint output"
     assert not (b / "metrics.json").exists() and not (b / "plot.json").exists()
     saved = torch.load(state_file, map_location="cpu", weights_only=False)
@@ -96,6 +96,8 @@ def test_sigkill_mid_training_resumes_to_the_same_result(tmp_path):
 
     log_b = (b / "log.txt").read_text()
     assert f"at epoch {saved['epoch']}" in log_b and "resumed from" in log_b, "the re-run did not resume"
+    assert "inputs data=" in log_b  # the log says what the resumed state matched
+    assert not state_file.exists() and not (a / "state" / "supportnet.pt").exists()  # no state survives success
     ck_a = torch.load(a / "ckpt" / "checkpoint.pt", map_location="cpu", weights_only=False)
     ck_b = torch.load(b / "ckpt" / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert ck_a["epoch"] == ck_b["epoch"] == EPOCHS

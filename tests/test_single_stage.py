@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_stage
 from wsss import config as wconfig
-from wsss.data.voc import ClassificationDataset
-from wsss.engine.trainer import load_checkpoint
+from wsss.engine.checkpoint import load_checkpoint
 from wsss.io import read_json
-from wsss.models.single_stage import SingleStageNet, StochasticGate
-from wsss.losses.single_stage import pseudo_gt
-from wsss.refine.pamr import pamr
-from wsss.stages import infer_single_stage, train_single_stage
-from wsss.stages.train_single_stage import SingleStageObjective, mask_loss, pamr_present
+from wsss.losses.single_stage import mask_loss, pseudo_gt
+from wsss.methods import single_stage_inference as method
+from wsss.methods.single_stage import SingleStageObjective
+from wsss.models.single_stage import SingleStageNet, StochasticGate, single_stage_from_config
+from wsss.refine.pamr import pamr, pamr_present
 
 TINY_BACKBONE = {"name": "resnet_small", "widths": [8, 16, 32, 64], "blocks": [1, 1, 1, 1], "output_stride": 8}
 
@@ -32,9 +32,7 @@ def _cfg(tmp_path: Path, **single_stage) -> dict:
             **single_stage,
         },
     }
-    cfg = wconfig.validate(raw)
-    cfg["seed"] = 0
-    return cfg
+    return wconfig.validate(raw)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +148,7 @@ def _two_region_pseudo_gt(obj):
 def _objective(tmp_path, variant, **kw):
     cfg = _cfg(tmp_path, **kw)
     torch.manual_seed(0)
-    net = train_single_stage.build_net(cfg["single_stage"])
+    net = single_stage_from_config(cfg["single_stage"])
     return SingleStageObjective(net, variant, cfg["single_stage"])
 
 
@@ -214,7 +212,7 @@ def test_aa_weight_scales_the_term(tmp_path):
 def test_short_training_decreases_the_loss(tmp_path):
     cfg = _cfg(tmp_path, warmup_epochs=0)
     torch.manual_seed(0)
-    net = train_single_stage.build_net(cfg["single_stage"])
+    net = single_stage_from_config(cfg["single_stage"])
     obj = SingleStageObjective(net, "aa_lr", cfg["single_stage"])
     _two_region_pseudo_gt(obj)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
@@ -236,8 +234,8 @@ def trained(tmp_path_factory, tiny_voc):
     tmp = tmp_path_factory.mktemp("ss_train")
     cfg = _cfg(tmp)
     paths = {k: tmp / f"{k}.json" for k in ("metrics", "plot")}
-    train_single_stage.run(cfg, variant="aa_lr", data_root=tiny_voc, out=tmp / "model" / "checkpoint.pt",
-                           metrics_out=paths["metrics"], plot_out=paths["plot"], state_path=tmp / "state.pt")
+    run_stage("train_single_stage", cfg, seed=0, variant="aa_lr", data=tiny_voc, ckpt=tmp / "model" / "checkpoint.pt",
+              state=tmp / "state.pt", **paths)
     return cfg, tmp, paths
 
 
@@ -251,18 +249,11 @@ def test_training_stage_writes_history_and_checkpoint(trained):
     assert ckpt["variant"] == "aa_lr" and ckpt["config"]["single_stage"]["embedding_dim"] == 8
 
 
-def test_training_stage_refuses_a_variant_not_configured(tmp_path, tiny_voc):
-    cfg = _cfg(tmp_path, variants=["baseline"])
-    with pytest.raises(Exception, match="not among single_stage.variants"):
-        train_single_stage.run(cfg, variant="aa", data_root=tiny_voc, out=tmp_path / "c.pt", metrics_out=tmp_path / "m.json",
-                               plot_out=tmp_path / "p.json", state_path=tmp_path / "s.pt")
-
-
 def test_inference_writes_metrics_with_the_expected_keys(trained, tiny_voc):
     cfg, tmp, _ = trained
     out, pred = tmp / "seg_single_stage_aa_lr.json", tmp / "pred"
-    infer_single_stage.run(cfg, variant="aa_lr", checkpoint=tmp / "model" / "checkpoint.pt", data_root=tiny_voc,
-                           split="val", cam_split="train", out=out, pred_dir=pred, threads=1)
+    run_stage("eval_single_stage", cfg, seed=0, variant="aa_lr", ckpt=tmp / "model" / "checkpoint.pt", data=tiny_voc,
+              metrics=out, pred=pred, threads=1)
     m = read_json(out)
     for k in ("miou", "miou_crf", "per_class_iou", "per_class_iou_crf", "protocol", "pseudo_labels", "variant"):
         assert k in m
@@ -278,8 +269,8 @@ def test_score_cut_and_background_power():
     probs = np.full((21, 2, 2), 0.01, dtype=np.float32)
     probs[0], probs[3] = 0.5, 0.4
     keep = np.zeros(20, bool)
-    out = infer_single_stage.postprocess(probs, keep, bg_pow=3.0)
+    out = method.postprocess(probs, keep, bg_pow=3.0)
     assert np.all(out[1:] == 0) and np.allclose(out[0], 0.125)
     keep[2] = True  # class 3 (plane 3) survives the cut and now beats the background (0.4 > 0.5^3)
-    out = infer_single_stage.postprocess(probs, keep, bg_pow=3.0)
+    out = method.postprocess(probs, keep, bg_pow=3.0)
     assert np.all(out.argmax(0) == 3)

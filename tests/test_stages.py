@@ -3,11 +3,12 @@
 import pytest
 import torch
 
+from conftest import run_stage
 from wsss import config
 from wsss.data import synthetic
 from wsss.engine import trainer
-from wsss.stages import train_cam
-from wsss.stages.train_cam import MainNetObjective, build_cam_net
+from wsss.methods.mainnet import MainNetObjective
+from wsss.models.cam_net import build_cam_net
 
 TINY = {"data": {"synthetic": {"n_train": 16, "n_val": 4, "size_min": 48, "size_max": 56}},
         "supportnet": {"backbone": {"widths": [8, 8, 16, 16]}, "train": {"epochs": 2, "batch_size": 8, "crop": 48}},
@@ -31,7 +32,7 @@ def test_no_gradient_reaches_supportnet(tiny):
     before = {k: v.clone() for k, v in support.state_dict().items()}
     main = build_cam_net(cfg["supportnet"]["backbone"])
     main.load_state_dict(support.state_dict())
-    obj = MainNetObjective(main, support, "rcm_mam", cfg)
+    obj = MainNetObjective(main, support, "rcm_mam", cfg["mainnet"])
     opt = torch.optim.SGD(main.parameters(), lr=0.1)
     x, y = torch.randn(4, 3, 48, 48), torch.tensor([[1.0] + [0.0] * 19] * 4)
     losses = obj(x, y)
@@ -50,7 +51,7 @@ def test_variants_switch_their_losses(tiny):
     x, y = torch.randn(2, 3, 48, 48), torch.tensor([[0.0, 1.0] + [0.0] * 18] * 2)
     for variant, expect in [("baseline", set()), ("rcm", {"loss_rcm"}), ("mam", {"loss_mam"}),
                             ("rcm_mam", {"loss_rcm", "loss_mam"})]:
-        keys = set(MainNetObjective(net, support, variant, cfg)(x, y)) - {"loss", "loss_cls"}
+        keys = set(MainNetObjective(net, support, variant, cfg["mainnet"])(x, y)) - {"loss", "loss_cls"}
         assert keys == expect, variant
 
 
@@ -63,8 +64,8 @@ def _train_support(cfg, root, out_dir, fail_at_epoch=None, monkeypatch=None):
             raise KeyboardInterrupt("simulated kill")
 
         monkeypatch.setattr(trainer, "fit", failing_fit)
-    train_cam.run(cfg, net_name="supportnet", data_root=root, out=out_dir / "ck.pt", metrics_out=out_dir / "m.json",
-                  plot_out=out_dir / "p.json", state_path=out_dir / "state.pt")
+    run_stage("train_supportnet", cfg, seed=0, data=root, ckpt=out_dir / "ck.pt", metrics=out_dir / "m.json",
+              plot=out_dir / "p.json", state=out_dir / "state.pt")
 
 
 def test_training_resumes_to_the_same_weights(tiny, tmp_path, monkeypatch):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from wsss import config
 from wsss.data import synthetic as syn
 from wsss.data.voc import labels_from_mask, load_labels, read_split
 from wsss.io import WsssInputError, voc_palette
@@ -16,9 +16,14 @@ from wsss.io import WsssInputError, voc_palette
 TINY = {"seed": 3, "n_train": 10, "n_val": 4, "size_min": 64, "size_max": 96}
 
 
+def spec(section: dict) -> dict:
+    """A complete ``data.synthetic`` section: the config schema holds the defaults and the checks."""
+    return config.validate({"data": {"synthetic": section}})["data"]["synthetic"]
+
+
 def _gen(base: Path, **over) -> Path:
     root = base / "VOC2012"
-    syn.generate(root, {**TINY, **over})
+    syn.generate(root, spec({**TINY, **over}))
     return root
 
 
@@ -35,14 +40,18 @@ def _mask(root: Path, folder: str, iid: str) -> np.ndarray:
     return np.array(Image.open(root / folder / f"{iid}.png"))
 
 
-def test_spec_defaults_and_descriptions():
-    assert set(syn.DEFAULT_SPEC) == set(syn.SPEC_DESCRIPTIONS)
-    assert all(isinstance(v, str) and v.endswith(".") for v in syn.SPEC_DESCRIPTIONS.values())
-    d = syn.DEFAULT_SPEC
-    assert (d["seed"], d["n_train"], d["n_val"], d["size_min"], d["size_max"]) == (0, 1600, 400, 96, 160)
-    assert (d["min_classes"], d["max_classes"], d["max_objects"], d["n_groups"], d["context_classes"]) == (1, 3, 4, 5, 5)
-    assert d["context_kinds"] == ["water", "grass", "sky", "road"] and d["occlusion"] is True
-    assert syn.resolve_spec() == {**d, **{k: float(v) for k, v in d.items() if isinstance(v, float)}}
+def test_the_generator_reads_exactly_the_schema_keys(tmp_path: Path):
+    """The config schema is the generator's only spec: it reads every data.synthetic key and no other."""
+    props = config.load_schema()["properties"]["data"]["properties"]["synthetic"]["properties"]
+    read = set()
+
+    class Recording(dict):
+        def __getitem__(self, k):
+            read.add(k)
+            return super().__getitem__(k)
+
+    syn.generate(tmp_path / "VOC2012", Recording(spec({**TINY, "n_train": 3, "n_val": 1})))
+    assert read == set(props)
 
 
 @pytest.mark.parametrize(
@@ -51,8 +60,9 @@ def test_spec_defaults_and_descriptions():
         ({"n_trian": 3}, "n_trian"),
         ({"n_train": 2.5}, "n_train"),
         ({"occlusion": 1}, "occlusion"),
-        ({"max_classes": 5, "max_objects": 4}, "max_objects"),
+        ({"max_classes": 5, "max_objects": 4}, "max_classes"),
         ({"size_min": 200}, "size_min"),
+        ({"scale_min": 0.7, "scale_max": 0.6}, "scale_min"),
         ({"context_kinds": ["lava"]}, "context_kinds"),
         ({"part_bias": 1.5}, "part_bias"),
         ({"n_groups": 9}, "n_groups"),
@@ -60,7 +70,15 @@ def test_spec_defaults_and_descriptions():
 )
 def test_spec_errors_name_the_key(bad, key):
     with pytest.raises(WsssInputError, match=key):
-        syn.resolve_spec(bad)
+        spec(bad)
+
+
+def test_a_killed_generation_leaves_nothing_for_long(tmp_path: Path):
+    """A SIGKILLed make_data leaves its hidden temporary folder; the next generation removes it."""
+    leftover = tmp_path / ".VOC2012.tmp-killed"
+    (leftover / "JPEGImages").mkdir(parents=True)
+    _gen(tmp_path, n_train=2, n_val=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["VOC2012"]
 
 
 def test_voc_layout(tiny: Path):
@@ -146,7 +164,8 @@ def test_part_masks_only_inside_objects(tiny: Path):
 
 def test_metadata(tiny: Path):
     meta = syn.load_metadata(tiny)
-    assert meta["spec"] == syn.resolve_spec(TINY)
+    assert meta["spec"] == spec(TINY)
+    assert "generation_time_s" not in meta  # the dataset folder is a pure function of the spec (no timings)
     groups = meta["class_group"]
     assert sorted(groups) == list(range(1, 21))
     assert sorted(np.bincount(list(groups.values())).tolist()) == [4] * 5
@@ -155,7 +174,6 @@ def test_metadata(tiny: Path):
     ctx = meta["context_classes"]
     assert ctx == {4: "water", 10: "grass", 1: "sky", 7: "road", 3: "water"}  # boat, cow, aeroplane, car, bird
     assert meta["counts"]["n_images"] == {"train": 10, "val": 4}
-    assert meta["generation_time_s"] > 0
     assert set(meta["images"]) == set(_ids(tiny))
 
 
@@ -188,7 +206,7 @@ def test_replaces_existing_root(tmp_path: Path):
     root = tmp_path / "VOC2012"
     (root / "JPEGImages").mkdir(parents=True)
     (root / "stale.txt").write_text("old")
-    syn.generate(root, {**TINY, "n_train": 2, "n_val": 1})
+    syn.generate(root, spec({**TINY, "n_train": 2, "n_val": 1}))
     assert not (root / "stale.txt").exists()
     assert read_split(root, "val") == ["syn_000002"]
     assert [p.name for p in tmp_path.iterdir()] == ["VOC2012"]
@@ -206,12 +224,5 @@ def test_failed_run_leaves_nothing_complete(tmp_path: Path, monkeypatch):
 
     monkeypatch.setattr(syn, "write_label_png", flaky)
     with pytest.raises(KeyboardInterrupt):
-        syn.generate(tmp_path / "VOC2012", TINY)
+        syn.generate(tmp_path / "VOC2012", spec(TINY))
     assert list(tmp_path.iterdir()) == []
-
-
-def test_cli(tmp_path: Path, capsys):
-    assert syn.main([str(tmp_path / "VOC2012"), "--n-train", "2", "--n-val", "1", "--seed", "5"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["n_images"] == {"train": 2, "val": 1}
-    assert syn.main([str(tmp_path / "x"), "--n-train", "0"]) == 2

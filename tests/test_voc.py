@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from wsss import config
 from wsss.data import synthetic as syn
 from wsss.data import voc
 from wsss.data.voc import (
@@ -32,7 +33,8 @@ from wsss.io import WsssInputError, read_label_png, write_jpeg, write_label_png
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("voc") / "VOC2012"
-    syn.generate(root, {"seed": 1, "n_train": 6, "n_val": 3, "size_min": 64, "size_max": 96})
+    spec = {"seed": 1, "n_train": 6, "n_val": 3, "size_min": 64, "size_max": 96}
+    syn.generate(root, config.validate({"data": {"synthetic": spec}})["data"]["synthetic"])
     return root
 
 

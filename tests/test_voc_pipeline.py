@@ -15,7 +15,7 @@ VOC_NAME = "VOCtrainval_11-May-2012.tar"
 def test_voc12_config_shows_the_full_dag():
     p = run([BIN / "snakemake", "-n", "--configfile", "config/voc12.yaml"], cwd=REPO)
     jobs = p.stdout.split("Job stats:")[1]
-    for rule, n in [("download", 2), ("make_data", 1), ("train_mainnet", 4), ("extract_cams", 5), ("train_seg", 2)]:
+    for rule, n in [("download", 2), ("prepare_voc", 1), ("train_mainnet", 4), ("extract_cams", 5), ("train_seg", 2)]:
         assert f"\n{rule}" in jobs and f" {n}\n" in jobs.split(f"\n{rule}")[1].split("\n")[0] + "\n", rule
 
 

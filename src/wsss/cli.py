@@ -1,21 +1,30 @@
-"""``wsss <stage> --config FILE [paths...]``: one sub-command per pipeline stage.
+"""``wsss <stage> ...``: one sub-command per pipeline stage, derived from the stage declarations (:mod:`wsss.registry`).
 
-Snakemake rules (workflow/rules/*.smk) and DVC stages (dvc.yaml, generated from them) call these commands.
-Every stage validates the config against the one schema before any work starts.
+Every stage takes its config as a slice file (``--params results/<name>/params/<slice>.json``, what Snakemake and DVC
+pass: the snapshot the ``config`` step wrote for the run) or as a config file (``--config FILE.yaml``, validated
+against the schema; handy by hand), one option per input and output file and per wildcard of its declaration
+(``--seed``, ``--net``, ...), ``--threads`` and ``--log``. The stage module sees only the config keys it declared.
+
+Two more commands: ``wsss config --config FILE --out DIR`` writes every stage's config slice of a config (the DVC
+stage ``config``; Snakemake writes the same files from its rule ``config``), ``wsss validate --config FILE`` checks a
+config and exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
 from wsss import config as wconfig
-from wsss.io import WsssInputError
+from wsss import registry
+from wsss.io import WsssInputError, write_text
 
 
 def _setup_logging(log_file: str | None) -> None:
@@ -36,260 +45,120 @@ def _threads(n: int) -> int:
     return n
 
 
-def _p(x: str | None) -> Path | None:
-    return Path(x) if x else None
-
-
-def cmd_make_data(a, cfg):
-    from wsss.stages import make_data
-
-    make_data.run(cfg, out_root=Path(a.out), metrics_out=Path(a.metrics))
-
-
-def cmd_download(a, cfg):
-    from wsss.stages import prepare_data
-
-    prepare_data.run_download(cfg, archive=a.archive, out_dir=Path(a.out))
-
-
-def cmd_prepare_voc(a, cfg):
-    from wsss.stages import prepare_data
-
-    prepare_data.run_prepare(cfg, voc_root=Path(a.voc), sbd_root=_p(a.sbd), out_root=Path(a.out),
-                             metrics_out=Path(a.metrics))
-
-
-def cmd_train_cam(a, cfg):
-    from wsss.stages import train_cam
-
-    train_cam.run(cfg, net_name=a.net, data_root=Path(a.data), out=Path(a.out), metrics_out=Path(a.metrics),
-                  plot_out=Path(a.plot), state_path=Path(a.state), support_ckpt=_p(a.support))
-
-
-def cmd_extract_cams(a, cfg):
-    from wsss.stages import extract_cams
-
-    extract_cams.run(cfg, checkpoint=Path(a.checkpoint), data_root=Path(a.data), split=a.split, out_dir=Path(a.out))
-
-
-def cmd_eval_cams(a, cfg):
-    from wsss.stages import eval_cams
-
-    eval_cams.run(cfg, net_name=a.net, cams_dir=Path(a.cams), data_root=Path(a.data), split=a.split, out=Path(a.out),
-                  curve_out=Path(a.curve))
-
-
-def cmd_crf(a, cfg):
-    from wsss.stages import refine_crf
-
-    refine_crf.run(cfg, net_name=a.net, cams_dir=Path(a.cams), data_root=Path(a.data), split=a.split,
-                   eval_split=a.eval_split, out_dir=Path(a.out), metrics_out=Path(a.metrics), threads=a.threads,
-                   cam_metrics=_p(a.cam_metrics))
-
-
-def cmd_train_affinity(a, cfg):
-    from wsss.stages import train_affinity
-
-    train_affinity.run(cfg, net_name=a.net, data_root=Path(a.data), labels=Path(a.labels), cams_dir=_p(a.cams),
-                       out=Path(a.out), metrics_out=Path(a.metrics), plot_out=Path(a.plot), state_path=Path(a.state),
-                       support_ckpt=_p(a.support))
-
-
-def cmd_random_walk(a, cfg):
-    from wsss.stages import refine_rw
-
-    refine_rw.run(cfg, net_name=a.net, checkpoint=Path(a.checkpoint), cams_dir=Path(a.cams), data_root=Path(a.data),
-                  split=a.split, eval_split=a.eval_split, out_dir=Path(a.out), metrics_out=Path(a.metrics))
-
-
-def cmd_train_seg(a, cfg):
-    from wsss.stages import train_seg
-
-    train_seg.run(cfg, source=a.source, data_root=Path(a.data), label_dir=_p(a.labels), out=Path(a.out),
-                  metrics_out=Path(a.metrics), plot_out=Path(a.plot), state_path=Path(a.state),
-                  support_ckpt=_p(a.support))
-
-
-def cmd_eval_seg(a, cfg):
-    from wsss.stages import eval_seg
-
-    eval_seg.run(cfg, source=a.source, checkpoint=Path(a.checkpoint), data_root=Path(a.data), split=a.split,
-                 out=Path(a.out), pred_dir=Path(a.pred_dir), threads=a.threads)
-
-
-def cmd_train_single_stage(a, cfg):
-    from wsss.stages import train_single_stage
-
-    train_single_stage.run(cfg, variant=a.variant, data_root=Path(a.data), out=Path(a.out), metrics_out=Path(a.metrics),
-                           plot_out=Path(a.plot), state_path=Path(a.state), support_ckpt=_p(a.support))
-
-
-def cmd_eval_single_stage(a, cfg):
-    from wsss.stages import infer_single_stage
-
-    infer_single_stage.run(cfg, variant=a.variant, checkpoint=Path(a.checkpoint), data_root=Path(a.data),
-                           split=a.split, cam_split=a.cam_split, out=Path(a.out), pred_dir=Path(a.pred_dir),
-                           threads=a.threads)
-
-
-def cmd_export_seg(a, cfg):
-    from wsss.stages import export_seg
-
-    export_seg.run(cfg, checkpoint=Path(a.checkpoint), data_root=Path(a.data), split=a.split, out=Path(a.out),
-                   metrics_out=Path(a.metrics), threads=a.threads)
-
-
-def cmd_report(a, cfg):
-    from wsss.stages import report
-
-    report.run(cfg, exp_dir=Path(a.exp), out_dir=Path(a.out))
-
-
-def cmd_validate(a, cfg):
-    print(f"{a.config}: valid")
+def _stage_parser(sub, stage: registry.Stage) -> None:
+    s = sub.add_parser(stage.name, help=stage.doc, description=stage.doc)
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--params", help="the job's config slice (results/<name>/params/<slice>.json)")
+    src.add_argument("--config", help="a YAML config file (validated against the schema)")
+    s.add_argument("--log", help="append the stage's log to this file")
+    s.add_argument("--threads", type=int, default=int(os.environ.get("WSSS_THREADS", "1")),
+                   help="CPU threads / worker processes (Snakemake passes {threads}; 0 = all cores)")
+    for w, pattern in stage.wildcards.items():
+        extra = {"type": int} if w == "seed" else {}
+        s.add_argument(registry.option(w), required=w != "seed", dest=w, metavar=w.upper(),
+                       help=f"wildcard: {pattern}" + ("; default: the first of the config's `seeds`" if w == "seed"
+                                                       else ""), **extra)
+    for name, f in stage.inputs.items():
+        if isinstance(f, registry.File):
+            s.add_argument(registry.option(name), dest=name, required=f.when is None,
+                           help=f"input {f.path}" + (" (where the config uses it)" if f.when else ""))
+    for name, f in stage.outputs.items():
+        s.add_argument(registry.option(name), dest=name, required=True, help=f"output {f.path}")
+    for name, path in stage.scratch.items():
+        s.add_argument(registry.option(name), dest=name, required=True, help=f"scratch (kept outside the outputs) {path}")
+    for name in stage.values:
+        s.add_argument(registry.option(name), dest=name, required=True)
+    s.set_defaults(stage=stage)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wsss", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="stage", required=True)
-
-    def stage(name, fn, help_):
-        s = sub.add_parser(name, help=help_)
-        s.add_argument("--config", required=True, help="YAML config (validated against the schema)")
-        s.add_argument("--log", help="append the stage's log to this file")
-        s.add_argument("--threads", type=int, default=int(os.environ.get("WSSS_THREADS", "1")),
-                       help="CPU threads / worker processes (Snakemake passes {threads}; 0 = all cores)")
-        s.add_argument("--seed", type=int, default=None,
-                       help="the run's seed, one of the config's `seeds` (Snakemake passes {wildcards.seed}); "
-                            "default: the first of `seeds`")
-        s.set_defaults(func=fn)
-        return s
-
-    s = stage("validate", cmd_validate, "validate a config file and exit")
-    s = stage("make-data", cmd_make_data, "generate the embedded synthetic VOC benchmark")
-    s.add_argument("--out", required=True)
-    s.add_argument("--metrics", required=True)
-    s = stage("download", cmd_download, "fetch (resume, mirrors, checksum) and extract a VOC/SBD archive")
-    s.add_argument("--archive", required=True, choices=["voc2012_trainval", "sbd"])
-    s.add_argument("--out", required=True, help="folder the archive is extracted into")
-    s = stage("prepare-voc", cmd_prepare_voc, "splits, XML labels and SBD masks in the VOC layout")
-    s.add_argument("--voc", required=True, help="extracted VOCdevkit/VOC2012 (or a folder above it)")
-    s.add_argument("--sbd", help="extracted SBD benchmark_RELEASE (voc_sbd)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--metrics", required=True)
-    s = stage("train-cam", cmd_train_cam, "train SupportNet or a MainNet variant")
-    s.add_argument("--net", required=True, help="supportnet | mainnet_<variant>")
-    s.add_argument("--data", required=True)
-    s.add_argument("--support", help="SupportNet checkpoint (MainNet only)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--metrics", required=True)
-    s.add_argument("--plot", required=True, help="loss curve JSON (a DVC plot)")
-    s.add_argument("--state", required=True, help="resumable state file (kept outside the outputs)")
-    s = stage("extract-cams", cmd_extract_cams, "multi-scale + flip CAMs, one .npz per image")
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("--data", required=True)
-    s.add_argument("--split", required=True)
-    s.add_argument("--out", required=True)
-    s = stage("eval-cams", cmd_eval_cams, "CAM mIoU with a background-threshold sweep")
-    s.add_argument("--net", required=True)
-    s.add_argument("--cams", required=True)
-    s.add_argument("--data", required=True)
-    s.add_argument("--split", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--curve", required=True, help="threshold curve JSON (a DVC plot)")
-    s = stage("crf", cmd_crf, "dense-CRF pseudo labels and their mIoU")
-    s.add_argument("--net", required=True)
-    s.add_argument("--cams", required=True)
-    s.add_argument("--data", required=True)
-    s.add_argument("--split", required=True, help="images to label (the segmentation training split)")
-    s.add_argument("--eval-split", required=True, help="images whose GT scores the pseudo labels (cam_split)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--metrics", required=True)
-    s.add_argument("--cam-metrics", help="the net's eval_cams JSON (refine.calibrate_background)")
-    s = stage("train-affinity", cmd_train_affinity, "train the affinity network on confident pseudo labels")
-    s.add_argument("--net", required=True, help="the CAM network whose labels it learns from")
-    s.add_argument("--data", required=True)
-    s.add_argument("--labels", required=True,
-                   help="label folder: the net's CRF pseudo labels (label_source crf), or where the confident CAM "
-                        "labels are written (label_source cams)")
-    s.add_argument("--cams", help="the net's CAM folder (label_source cams)")
-    s.add_argument("--support", help="SupportNet checkpoint (backbone initialisation)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--metrics", required=True)
-    s.add_argument("--plot", required=True, help="loss curve JSON (a DVC plot)")
-    s.add_argument("--state", required=True)
-    s = stage("random-walk", cmd_random_walk, "random-walk pseudo labels over learned affinities, and their mIoU")
-    s.add_argument("--net", required=True)
-    s.add_argument("--checkpoint", required=True, help="the affinity network")
-    s.add_argument("--cams", required=True)
-    s.add_argument("--data", required=True)
-    s.add_argument("--split", required=True)
-    s.add_argument("--eval-split", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--metrics", required=True)
-    s = stage("train-seg", cmd_train_seg, "train DeepLab on pseudo labels or GT")
-    s.add_argument("--source", required=True, choices=["pseudo", "gt"])
-    s.add_argument("--data", required=True)
-    s.add_argument("--labels", help="pseudo-label folder (source=pseudo)")
-    s.add_argument("--support", help="SupportNet checkpoint (backbone initialisation)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--metrics", required=True)
-    s.add_argument("--plot", required=True, help="loss curve JSON (a DVC plot)")
-    s.add_argument("--state", required=True)
-    s = stage("eval-seg", cmd_eval_seg, "val mIoU with and without CRF")
-    s.add_argument("--source", required=True, choices=["pseudo", "gt"])
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("--data", required=True)
-    s.add_argument("--split", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--pred-dir", required=True)
-    s = stage("train-single-stage", cmd_train_single_stage, "train a single-stage (AA&LR) variant end to end")
-    s.add_argument("--variant", required=True, choices=["baseline", "aa", "lr", "aa_lr"])
-    s.add_argument("--data", required=True)
-    s.add_argument("--support", help="SupportNet checkpoint (single_stage.init_from_supportnet)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--metrics", required=True)
-    s.add_argument("--plot", required=True, help="loss curve JSON (a DVC plot)")
-    s.add_argument("--state", required=True)
-    s = stage("eval-single-stage", cmd_eval_single_stage,
-              "single-stage val mIoU with and without CRF, and its mask / pseudo-GT mIoU on cam_split")
-    s.add_argument("--variant", required=True, choices=["baseline", "aa", "lr", "aa_lr"])
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("--data", required=True)
-    s.add_argument("--split", required=True)
-    s.add_argument("--cam-split", help="split whose GT scores the model's masks (single_stage.pseudo_eval)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--pred-dir", required=True)
-    s = stage("export-seg", cmd_export_seg, "predictions of a split packed in the VOC evaluation server's format")
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("--data", required=True)
-    s.add_argument("--split", required=True)
-    s.add_argument("--out", required=True, help="the .tar.gz to upload")
-    s.add_argument("--metrics", required=True)
-    s = stage("report", cmd_report, "regenerate tables, figures and the HTML report from the metric files")
-    s.add_argument("--exp", required=True, help="results/<name>")
-    s.add_argument("--out", required=True)
+    sub = p.add_subparsers(dest="command", required=True)
+    for stage in registry.STAGES.values():
+        _stage_parser(sub, stage)
+    c = sub.add_parser("config", help="write every stage's config slice of a config file (validates it first)")
+    c.add_argument("--config", required=True)
+    c.add_argument("--out", required=True, help="folder of the slice files (results/<name>/params)")
+    v = sub.add_parser("validate", help="validate a config file and exit")
+    v.add_argument("--config", required=True)
     return p
+
+
+def _check_wildcards(stage: registry.Stage, args) -> dict:
+    wildcards = {}
+    for w, pattern in stage.wildcards.items():
+        value = getattr(args, w)
+        if value is None:
+            continue
+        if not re.fullmatch(pattern, str(value)):
+            raise WsssInputError(f"{registry.option(w)} {value!r}: must match {pattern}")
+        wildcards[w] = value
+    return wildcards
+
+
+def _slice(stage: registry.Stage, args, wildcards: dict):
+    if args.params:
+        return wconfig.load_slice(args.params, stage, wildcards)
+    cfg = wconfig.load(args.config)
+    if stage.per_seed:
+        wildcards["seed"] = wconfig.run_seed(cfg, wildcards.get("seed"), source=args.config)
+    return wconfig.stage_view(cfg, stage, wildcards)
+
+
+def run_stage(stage: registry.Stage, args) -> None:
+    wildcards = _check_wildcards(stage, args)
+    if stage.per_seed and "seed" not in wildcards and args.params:
+        raise WsssInputError("--seed is required with --params (the slice does not know the run's seeds)")
+    view = _slice(stage, args, wildcards)
+    args.threads = _threads(args.threads)
+    kwargs: dict = dict(wildcards)
+    for name, f in stage.inputs.items():
+        if isinstance(f, registry.File):
+            value = getattr(args, name)
+            kwargs[name] = Path(value) if value is not None else None
+    kwargs.update({name: Path(getattr(args, name)) for name in (*stage.outputs, *stage.scratch)})
+    kwargs.update({name: getattr(args, name) for name in stage.values})
+    module = importlib.import_module(stage.module)
+    from wsss.engine import distributed
+
+    distributed.init()  # under torchrun: join the process group (a no-op for one process)
+    module.run(view, threads=args.threads, **kwargs)
+    unread = view.unread()
+    if unread:
+        logging.getLogger("wsss").warning("stage %s declares config keys it did not read: %s (narrow its keys in "
+                                          "src/wsss/registry.py)", stage.name, ", ".join(unread))
+
+
+def write_slices(config_file: str, out: str) -> None:
+    cfg = wconfig.load(config_file)
+    for slice_id, text in sorted(registry.all_slices(cfg).items()):
+        path = Path(out) / f"{slice_id}.json"
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            write_text(path, text)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log)
+    _setup_logging(getattr(args, "log", None))
     log = logging.getLogger("wsss")
+    name = args.command
     try:
-        cfg = wconfig.load(args.config)
-        cfg["seed"] = wconfig.run_seed(cfg, args.seed, source=args.config)
-        args.threads = _threads(args.threads)
-        from wsss.engine import distributed
-
-        distributed.init()  # under torchrun: join the process group (a no-op for one process)
+        if name == "validate":
+            wconfig.load(args.config)
+            print(f"{args.config}: valid")
+            return 0
+        if name == "config":
+            write_slices(args.config, args.out)
+            return 0
+        if getattr(args, "threads", 1) < 0:
+            raise WsssInputError(f"--threads {args.threads}: must be >= 0 (0 = all cores)")
         t0 = time.time()
-        args.func(args, cfg)
-        log.info("wsss %s done in %.1f s", args.stage, time.time() - t0)
+        run_stage(args.stage, args)
+        log.info("wsss %s done in %.1f s", name, time.time() - t0)
         return 0
     except WsssInputError as e:
         log.error("%s", e)
-        print(f"wsss {args.stage}: error: {e}", file=sys.stderr)
+        print(f"wsss {name}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
         if e.errno != errno.ENOSPC:
@@ -298,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = (f"{where}: no space left on device; nothing was written there (partial output removed). "
                "Free space on that disk and re-run the stage")
         log.error("%s", msg)
-        print(f"wsss {args.stage}: error: {msg}", file=sys.stderr)
+        print(f"wsss {name}: error: {msg}", file=sys.stderr)
         return 28
     finally:
         if "torch.distributed" in sys.modules:

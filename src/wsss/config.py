@@ -1,38 +1,26 @@
-"""Load, validate and complete a wsss config with the one JSON schema.
+"""Load, validate and complete a wsss config with the one JSON schema, and hand each stage its slice.
 
-The schema lives in ``workflow/schemas/config.schema.yaml``; Snakemake validates against the same file
-(``workflow/rules/common.smk``). Validation happens before any work starts and names the offending key.
+The schema ships with the package (``src/wsss/config.schema.yaml``, :data:`SCHEMA_PATH`); Snakemake validates
+against the same file (``workflow/rules/common.smk``). Validation happens before any work starts and names the
+offending key. A stage sees its config through a :class:`ConfigView`, which holds only the keys its declaration
+(:mod:`wsss.registry`) lists and raises on any other.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
-from wsss.io import WsssInputError
+from wsss.io import WsssInputError, plain
 
 
-def _find_schema() -> Path:
-    env = os.environ.get("WSSS_SCHEMA")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        cand = parent / "workflow" / "schemas" / "config.schema.yaml"
-        if cand.is_file():
-            return cand
-    raise WsssInputError(
-        "workflow/schemas/config.schema.yaml not found above the installed package; "
-        "install wsss in editable mode from the repository (pip install -e .) or set WSSS_SCHEMA"
-    )
-
-
-SCHEMA_PATH = _find_schema()
+SCHEMA_PATH = Path(__file__).resolve().with_name("config.schema.yaml")  # package data (pyproject.toml)
 
 
 def load_schema() -> dict:
@@ -82,7 +70,7 @@ def _error_message(err: jsonschema.ValidationError, source: str) -> str:
         allowed = ", ".join(sorted(err.schema.get("properties", {})))
         return (
             f"{source}: unknown config key {', '.join(where + e for e in extra)}; "
-            f"allowed keys here: {allowed} (see workflow/schemas/config.schema.yaml)"
+            f"allowed keys here: {allowed} (see src/wsss/config.schema.yaml)"
         )
     desc = err.schema.get("description", "") if isinstance(err.schema, dict) else ""
     hint = f" ({desc.strip()})" if desc else ""
@@ -109,12 +97,11 @@ def validate(config: dict, source: str = "config") -> dict:
 def _check_consistency(cfg: dict, source: str) -> None:
     """Cross-key rules a JSON schema cannot express."""
     syn = cfg["data"]["synthetic"]
-    if syn["size_min"] > syn["size_max"]:
-        raise WsssInputError(f"{source}: data.synthetic.size_min ({syn['size_min']}) > size_max ({syn['size_max']})")
-    if syn["min_classes"] > syn["max_classes"]:
-        raise WsssInputError(
-            f"{source}: data.synthetic.min_classes ({syn['min_classes']}) > max_classes ({syn['max_classes']})"
-        )
+    for low, high in (("size_min", "size_max"), ("min_classes", "max_classes"), ("max_classes", "max_objects"),
+                      ("scale_min", "scale_max")):
+        if syn[low] > syn[high]:
+            raise WsssInputError(f"{source}: data.synthetic.{low} ({syn[low]}) > {high} ({syn[high]}); "
+                                 f"{low} must not exceed {high}")
     variants = cfg["mainnet"]["variants"]
     if cfg["mainnet"]["final_variant"] not in variants:
         raise WsssInputError(
@@ -159,24 +146,6 @@ def load(path: str | os.PathLike) -> dict:
     return validate(raw, source=str(path))
 
 
-def get(cfg: dict, dotted: str) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
-def nets(cfg: dict) -> list[str]:
-    """All CAM networks the config trains, SupportNet first."""
-    return ["supportnet"] + [f"mainnet_{v}" for v in cfg["mainnet"]["variants"]]
-
-
-def seg_sources(cfg: dict) -> list[str]:
-    if not cfg["segment"]["enabled"]:
-        return []
-    return ["pseudo"] + (["gt"] if cfg["segment"]["upper_bound"] else [])
-
-
 def run_seed(cfg: dict, seed: int | None, source: str = "config") -> int:
     """The seed one stage runs with: ``seed`` (the Snakemake ``{seed}`` wildcard) if given, else ``seeds[0]``.
 
@@ -189,6 +158,92 @@ def run_seed(cfg: dict, seed: int | None, source: str = "config") -> int:
     return int(seed)
 
 
-def seed_of(cfg: dict) -> int:
-    """The seed a stage runs with: the one the CLI resolved (``cfg["seed"]``), else the first of ``seeds``."""
-    return int(cfg["seed"]) if "seed" in cfg else int(cfg["seeds"][0])
+# ----------------------------------------------------------------------------------------------- config slices
+
+
+class UndeclaredConfigKey(LookupError):
+    """A stage read a config key its declaration (wsss.registry) does not list. Not a KeyError, so that
+    ``view.get(key, default)`` raises too instead of silently returning the default."""
+
+
+def _under(path: tuple, keys: frozenset) -> bool:
+    return any(path[: len(k)] == k for k in keys)
+
+
+def _above(path: tuple, keys: frozenset) -> bool:
+    return any(len(k) > len(path) and k[: len(path)] == path for k in keys)
+
+
+class ConfigView(Mapping):
+    """Read-only view of the config keys one stage declared.
+
+    ``view[k]`` gives a deep copy of the value where ``k`` (dotted from the root) is declared or lies under a
+    declared key, a narrower view where ``k`` only leads to declared keys, and raises :class:`UndeclaredConfigKey`
+    otherwise, so that a stage cannot depend on a key its declaration (and hence the re-run machinery) misses.
+    Iteration, ``len`` and ``in`` see the declared part only; :meth:`to_dict` is that part as plain data.
+    """
+
+    def __init__(self, data: dict, keys, stage: str, prefix: tuple = (), reads: set | None = None):
+        self._data, self._stage, self._prefix = data, stage, tuple(prefix)
+        self._keys = frozenset(tuple(k.split(".")) if isinstance(k, str) else tuple(k) for k in keys)
+        self._reads = set() if reads is None else reads  # shared with the narrower views
+
+    def _visible(self, key: str) -> str | None:
+        path = self._prefix + (key,)
+        if _under(path, self._keys):
+            return "all"
+        if _above(path, self._keys):
+            return "part"
+        return None
+
+    def __getitem__(self, key: str) -> Any:
+        seen = self._visible(key)
+        if seen is None:
+            dotted = ".".join(self._prefix + (key,))
+            raise UndeclaredConfigKey(
+                f"stage {self._stage} read config key '{dotted}', which its declaration does not list; add it to "
+                f"the stage's keys in src/wsss/registry.py (so that changing it re-runs the stage)")
+        value = self._data[key]
+        if seen == "all":
+            self._reads.add(self._prefix + (key,))
+            return copy.deepcopy(value)
+        return ConfigView(value, self._keys, self._stage, self._prefix + (key,), self._reads)
+
+    def __iter__(self):
+        return (k for k in self._data if self._visible(k) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self._data and self._visible(key) is not None
+
+    def __repr__(self) -> str:
+        return f"ConfigView({self._stage}, {self.to_dict()!r})"
+
+    def to_dict(self) -> dict:
+        return plain(self)
+
+    def unread(self) -> list[str]:
+        """The declared keys nothing has read (yet) through this view or its narrower views: a declaration
+        broader than the code re-runs the stage for changes that cannot affect it."""
+        return sorted(".".join(k) for k in self._keys if not any(p[: len(k)] == k for p in self._reads))
+
+
+def stage_view(cfg: dict, stage, wildcards: dict) -> ConfigView:
+    """The slice of the complete config ``cfg`` that ``stage`` (a :class:`wsss.registry.Stage`) reads."""
+    return ConfigView(cfg, stage.keys(cfg, wildcards), stage.name)
+
+
+def load_slice(path: str | os.PathLike, stage, wildcards: dict) -> ConfigView:
+    """The config slice a stage job reads: the file ``config`` (rule / DVC stage) wrote for it."""
+    from wsss.io import read_json
+
+    doc = read_json(path)
+    want = stage.slice_id(wildcards)
+    if not isinstance(doc, dict) or {"stage", "slice", "keys", "config"} - set(doc):
+        raise WsssInputError(f"{path}: not a config slice file (written by `wsss config`); re-run the pipeline")
+    if doc["slice"] != want:
+        raise WsssInputError(f"{path}: the config slice of {doc['slice']!r}, not of this job ({want!r}); pass "
+                             f"results/<name>/params/{want}.json or --config with the config file")
+    return ConfigView(doc["config"], doc["keys"], stage.name)

@@ -9,19 +9,34 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 
 _STARTED = time.time()  # temp files older than this process cannot be its own
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp / mkdtemp create 0600 files and 0700 folders whatever the umask: outputs get the modes a plain open()
+# or mkdir() would give them (0644 / 0755 under umask 022), so that others on a shared file system can read them
+_FILE_MODE = 0o666 & ~_current_umask()
+_DIR_MODE = 0o777 & ~_current_umask()
 
 
 class WsssInputError(RuntimeError):
@@ -46,6 +61,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_temp(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.fchmod(fd, _FILE_MODE)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -106,6 +122,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     for stale in path.parent.glob(f".{path.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, _DIR_MODE)
     try:
         yield tmp
         if path.exists():
@@ -132,6 +149,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def _json_default(o: Any) -> Any:
+    if isinstance(o, Mapping):  # e.g. a config view (wsss.config.ConfigView)
+        return dict(o)
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
@@ -139,6 +158,34 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` as plain JSON data: mappings (config views included) become dicts, tuples lists, paths strings."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=_json_default))
+
+
+def path_digest(path: str | os.PathLike) -> str:
+    """Content digest of a file, or of a folder (every file's relative path and content, in sorted order; the
+    ``.snakemake_timestamp`` markers left out)."""
+    path = Path(path)
+    h = hashlib.sha256()
+
+    def add(f: Path) -> None:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+
+    if path.is_dir():
+        for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != ".snakemake_timestamp"):
+            h.update(f.relative_to(path).as_posix().encode() + b"\0")
+            add(f)
+            h.update(b"\0")
+    elif path.is_file():
+        add(path)
+    else:
+        raise WsssInputError(f"{path}: input not found; run the stage that produces it first")
+    return h.hexdigest()[:16]
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -196,6 +243,15 @@ def write_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
     img.putpalette(_PALETTE)
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
+
+
+def png_bytes(label: np.ndarray) -> bytes:
+    """A uint8 label map as the bytes of a VOC palette PNG (for archives)."""
+    img = Image.fromarray(np.asarray(label, dtype=np.uint8), mode="P")
+    img.putpalette(_PALETTE)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def read_label_png(path: str | os.PathLike, num_classes: int = 21) -> np.ndarray:

@@ -308,14 +308,4 @@ def extract(archive: PathLike, dest_root: PathLike) -> Path:
     return dest_root
 
 
-def fetch_and_extract(name: str, dest_dir: PathLike, extract_root: PathLike, **fetch_kwargs: Any) -> Path:
-    """:func:`fetch` then :func:`extract`; returns the folder of interest (``ARCHIVES[name]['root']``)."""
-    path = fetch(name, dest_dir, **fetch_kwargs)
-    root = extract(path, extract_root)
-    sub = ARCHIVES[name].get("root") if name in ARCHIVES else None
-    if sub and not (root / sub).is_dir():
-        raise WsssInputError(f"{path}: extracted, but {root / sub} is missing; is this the published {path.name}?")
-    return root / sub if sub else root
-
-
-__all__ = ["ARCHIVES", "fetch", "extract", "fetch_and_extract", "verify", "sha256sum"]
+__all__ = ["ARCHIVES", "fetch", "extract", "verify", "sha256sum"]

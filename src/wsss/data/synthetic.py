@@ -8,22 +8,16 @@ the body: the part bias that WSSS methods try to undo. ``PartMasks`` hold the di
 Some classes also sit on a class-specific context background (water, grass, sky, road) most of the time,
 and some bodies take the background's colour (weak boundaries), both as in real data.
 
-Everything is a pure function of the spec: image ``i`` is drawn from ``numpy.random.default_rng([seed, i])``.
-The dataset is written into a temporary sibling folder and renamed onto ``root`` at the end.
-
-    python -m wsss.data.synthetic OUT/VOC2012 [--n-train N] [--n-val N] [--seed S] [--spec spec.json]
+Everything is a pure function of the spec (the config's ``data.synthetic`` section, whose keys, defaults and
+ranges the config schema holds): image ``i`` is drawn from ``numpy.random.default_rng([seed, i])``. The dataset
+is written into a temporary sibling folder and renamed onto ``root`` at the end (stage ``make_data``).
 """
 
 from __future__ import annotations
 
-import argparse
 import colorsys
-import contextlib
-import json
+import logging
 import os
-import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,57 +27,11 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from wsss.data.voc import NUM_FG, VOC_CLASSES, labels_from_mask
-from wsss.io import WsssInputError, write_jpeg, write_json, write_label_png, write_text
+from wsss.io import WsssInputError, atomic_dir, write_jpeg, write_json, write_label_png, write_text
+
+log = logging.getLogger("wsss")
 
 GENERATOR_VERSION = 1
-
-DEFAULT_SPEC: dict[str, Any] = {
-    "seed": 0,
-    "n_train": 1600,
-    "n_val": 400,
-    "size_min": 96,
-    "size_max": 160,
-    "min_classes": 1,
-    "max_classes": 3,
-    "max_objects": 4,
-    "scale_min": 0.25,
-    "scale_max": 0.6,
-    "occlusion": True,
-    "border_ignore": 2,
-    "part_fraction": 0.15,
-    "part_bias": 1.0,
-    "n_groups": 5,
-    "context_classes": 5,
-    "context_prob": 0.8,
-    "context_kinds": ["water", "grass", "sky", "road"],
-    "weak_boundary_prob": 0.35,
-    "background_texture": 0.5,
-    "jpeg_quality": 92,
-}
-
-SPEC_DESCRIPTIONS: dict[str, str] = {
-    "seed": "Random seed; image i is drawn from numpy's default_rng([seed, i]), so the dataset is a pure function of the spec.",
-    "n_train": "Number of training images (ids syn_000000 onwards, listed in train.txt).",
-    "n_val": "Number of validation images (ids following the training ids, listed in val.txt).",
-    "size_min": "Smallest image side in pixels (height and width are drawn independently).",
-    "size_max": "Largest image side in pixels.",
-    "min_classes": "Fewest distinct classes per image.",
-    "max_classes": "Most distinct classes per image.",
-    "max_objects": "Most objects per image (at least one per class; must be >= max_classes).",
-    "scale_min": "Smallest object height relative to the shorter image side.",
-    "scale_max": "Largest object height relative to the shorter image side.",
-    "occlusion": "If true, objects may overlap (later ones drawn on top); if false, objects are placed without overlap.",
-    "border_ignore": "Width in pixels of the ignore (255) band drawn on object borders, as in VOC masks (0 = none).",
-    "part_fraction": "Area of the class-coding disc (the discriminative part) relative to its object.",
-    "part_bias": "Probability that a body carries only its group's shared muted look; with 1 - part_bias the body is painted with its class code too (0 = no part bias).",
-    "n_groups": "Number of body-shape groups the 20 classes are split into (shape identifies only the group; 1..8).",
-    "context_classes": "Number of classes that co-occur with a class-specific context background.",
-    "context_prob": "Probability that an image holding a context class is drawn on that class's context background.",
-    "context_kinds": "Context backgrounds assigned to the context classes in turn (any of water, grass, sky, road).",
-    "weak_boundary_prob": "Probability that a body takes a colour close to the background behind it (a weak boundary).",
-    "background_texture": "Strength of the background's low-frequency texture and pixel noise (0 = flat).",
-    "jpeg_quality": "JPEG quality of the written images (1..100).",
-}
 
 CONTEXT_KINDS = ("water", "grass", "sky", "road")
 SHAPE_NAMES = ("ellipse", "rectangle", "triangle", "hexagon", "cross", "star", "lshape", "arrow")
@@ -93,67 +41,6 @@ _CONTEXT_ORDER = (4, 10, 1, 7, 3, 13, 6, 17, 19, 14, 2, 12, 8, 5, 9, 11, 15, 16,
 _MIN_VISIBLE_PX = 25  # a labelled class must keep this many non-ignored pixels ...
 _MIN_PART_PX = 5  # ... and this many pixels of at least one of its discs
 _MAX_TRIES = 50
-
-
-# -------------------------------------------------------------------------------------------------- spec
-
-
-def resolve_spec(spec: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults merged with ``spec``, type- and range-checked; raises :class:`WsssInputError` naming the key."""
-    spec = dict(spec or {})
-    unknown = sorted(set(spec) - set(DEFAULT_SPEC))
-    if unknown:
-        raise WsssInputError(f"synthetic spec: unknown keys {unknown}; known keys: {sorted(DEFAULT_SPEC)}")
-    out = {**DEFAULT_SPEC, **spec}
-    for key, default in DEFAULT_SPEC.items():
-        out[key] = _check_type(key, out[key], default)
-    _check_ranges(out)
-    return out
-
-
-def _check_type(key: str, value: Any, default: Any) -> Any:
-    def bad(kind: str) -> WsssInputError:
-        return WsssInputError(f"synthetic spec: {key} = {value!r} must be {kind}")
-
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("a number")
-        return float(value)
-    if not isinstance(value, (list, tuple)) or not all(v in CONTEXT_KINDS for v in value) or not value:
-        raise bad(f"a non-empty list drawn from {list(CONTEXT_KINDS)}")
-    return list(value)
-
-
-def _check_ranges(s: dict[str, Any]) -> None:
-    rules = [
-        ("seed", s["seed"] >= 0, ">= 0"),
-        ("n_train", s["n_train"] >= 1, ">= 1"),
-        ("n_val", s["n_val"] >= 1, ">= 1"),
-        ("size_min", 32 <= s["size_min"] <= s["size_max"], "in 32..size_max"),
-        ("min_classes", 1 <= s["min_classes"] <= s["max_classes"], "in 1..max_classes"),
-        ("max_classes", s["max_classes"] <= NUM_FG, f"<= {NUM_FG}"),
-        ("max_objects", s["max_objects"] >= s["max_classes"], ">= max_classes"),
-        ("scale_min", 0.05 <= s["scale_min"] <= s["scale_max"], "in 0.05..scale_max"),
-        ("scale_max", s["scale_max"] <= 1.0, "<= 1"),
-        ("border_ignore", 0 <= s["border_ignore"] <= 16, "in 0..16"),
-        ("part_fraction", 0.01 <= s["part_fraction"] <= 0.6, "in 0.01..0.6"),
-        ("n_groups", 1 <= s["n_groups"] <= len(SHAPE_NAMES), f"in 1..{len(SHAPE_NAMES)}"),
-        ("context_classes", 0 <= s["context_classes"] <= NUM_FG, f"in 0..{NUM_FG}"),
-        ("background_texture", 0.0 <= s["background_texture"] <= 2.0, "in 0..2"),
-        ("jpeg_quality", 1 <= s["jpeg_quality"] <= 100, "in 1..100"),
-    ]
-    rules += [(k, 0.0 <= s[k] <= 1.0, "in 0..1") for k in ("part_bias", "context_prob", "weak_boundary_prob")]
-    for key, ok, what in rules:
-        if not ok:
-            raise WsssInputError(f"synthetic spec: {key} = {s[key]!r} must be {what}")
 
 
 # ------------------------------------------------------------------------------------- class catalogue
@@ -440,33 +327,16 @@ def image_id(i: int) -> str:
     return f"syn_{i:06d}"
 
 
-def generate(root: str | os.PathLike, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+def generate(root: str | os.PathLike, spec: dict[str, Any]) -> dict[str, Any]:
     """Write the benchmark under ``root`` (a ``.../VOC2012`` folder, replaced if present); return its stats.
 
-    The data is written to ``root.parent/.<name>.tmp-XXXX`` and renamed onto ``root`` only when complete.
+    ``spec`` is a complete, validated ``data.synthetic`` config section (the config schema holds the defaults,
+    ranges and cross-key rules). The data is written into a temporary sibling folder and renamed onto ``root``
+    only when complete (:func:`wsss.io.atomic_dir`, which also sweeps what a killed earlier attempt left).
     """
-    spec = resolve_spec(spec)
-    root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
+    with atomic_dir(root) as tmp:
         stats = _write_dataset(tmp, spec)
-        _swap_in(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return stats
-
-
-def _swap_in(tmp: Path, root: Path) -> None:
-    """Rename ``tmp`` onto ``root``; an existing ``root`` is moved aside first, then deleted."""
-    old = None
-    if root.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-        os.replace(root, old / root.name)
-    os.replace(tmp, root)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_dataset(out: Path, spec: dict[str, Any]) -> dict[str, Any]:
@@ -489,8 +359,8 @@ def _write_dataset(out: Path, spec: dict[str, Any]) -> dict[str, Any]:
         write_text(out / "ImageSets" / "Segmentation" / f"{name}.txt", "\n".join(split_ids) + "\n")
     write_json(out / "labels.json", labels)
     stats = _stats(splits, labels, images, cat)
-    stats["generation_time_s"] = round(time.perf_counter() - start, 3)
     write_json(out / "synthetic.json", _metadata(spec, cat, stats, images))
+    log.info("generated %d images in %.1f s", n, time.perf_counter() - start)  # timings stay out of the data
     return stats
 
 
@@ -520,7 +390,6 @@ def _metadata(spec, cat, stats, images) -> dict[str, Any]:
         "part_mask_values": {"0": "not an object", "1": "discriminative part", "2": "body", "255": "ignore border"},
         "images": images,
         "counts": stats,
-        "generation_time_s": stats["generation_time_s"],
     }
 
 
@@ -532,29 +401,3 @@ def load_metadata(root: str | os.PathLike) -> dict[str, Any]:
     for key in ("class_group", "class_code", "context_classes"):
         meta[key] = {int(k): v for k, v in meta[key].items()}
     return meta
-
-
-# ------------------------------------------------------------------------------------------------- CLI
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m wsss.data.synthetic", description=__doc__.split("\n\n")[0])
-    p.add_argument("root", help="output VOC2012 folder (replaced if present)")
-    p.add_argument("--spec", help="JSON file with spec keys to override")
-    for key in ("seed", "n_train", "n_val"):
-        p.add_argument(f"--{key.replace('_', '-')}", type=int, dest=key, help=SPEC_DESCRIPTIONS[key])
-    args = p.parse_args(argv)
-    spec: dict[str, Any] = json.loads(Path(args.spec).read_text()) if args.spec else {}
-    spec.update({k: getattr(args, k) for k in ("seed", "n_train", "n_val") if getattr(args, k) is not None})
-    try:
-        stats = generate(args.root, spec)
-    except WsssInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps({"root": args.root, **stats}, indent=2, sort_keys=True, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError):
-        sys.exit(main())

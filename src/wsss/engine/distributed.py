@@ -35,9 +35,9 @@ T = TypeVar("T")
 log = logging.getLogger("wsss")
 
 __all__ = [
-    "init", "cleanup", "is_initialized", "rank", "local_rank", "world_size", "is_main", "device", "barrier",
+    "init", "cleanup", "is_initialized", "rank", "world_size", "is_main", "device", "barrier",
     "shard", "all_gather_object", "broadcast_object", "all_reduce_sum", "global_mean", "local_batch_size",
-    "convert_sync_batchnorm", "CPUSyncBatchNorm", "launch_prefix",
+    "convert_sync_batchnorm", "CPUSyncBatchNorm",
 ]
 
 
@@ -58,10 +58,6 @@ def rank() -> int:
 
 def world_size() -> int:
     return td.get_world_size() if is_initialized() else 1
-
-
-def local_rank() -> int:
-    return _env_int("LOCAL_RANK", 0) if is_initialized() else 0
 
 
 def is_main() -> bool:
@@ -278,22 +274,3 @@ def convert_sync_batchnorm(module: nn.Module, on_gpu: bool | None = None) -> nn.
     for name, child in module.named_children():
         out.add_module(name, convert_sync_batchnorm(child, on_gpu=on_gpu))
     return out
-
-
-# ----------------------------------------------------------------------------------------------- launching
-
-
-def launch_prefix(nproc: int) -> str:
-    """Command prefix of a Snakemake rule running a ``wsss`` stage on ``nproc`` processes (GPUs).
-
-    ``torchrun --standalone --nproc_per_node N -m wsss.cli --`` for N > 1 (a single-node group on a free port, so
-    several jobs may run side by side), else ``wsss``. Append the stage and its arguments. The trailing ``--``
-    keeps torchrun's own parser off the stage's options: without it torchrun reads ``--log`` as an ambiguous
-    abbreviation of its ``--log-dir``/``--logs-specs`` and refuses to start (torchrun drops the ``--``).
-    """
-    n = int(nproc)
-    if n < 1:
-        raise ValueError(f"nproc must be >= 1, got {nproc}")
-    if n == 1:
-        return "wsss"
-    return f"torchrun --standalone --nproc_per_node {n} -m wsss.cli --"

@@ -5,9 +5,12 @@ global batch with DDP; only rank 0 writes the state file and the checkpoint, and
 number of processes (tests/test_distributed.py).
 
 A training stage writes two things:
-- ``state_path`` (outside the Snakemake/DVC outputs, e.g. ``results/<exp>/state/<net>.pt``): the full resumable
-  state after every epoch — model, optimizer, scheduler, epoch, RNG states, history and the resolved config. A
-  killed job re-run with the same config resumes from it; a config change starts afresh.
+- ``state_path`` (outside the Snakemake/DVC outputs, e.g. ``results/<exp>/seed<k>/state/<net>.pt``): the full
+  resumable state after every epoch — model, optimizer, scheduler, epoch, RNG states, history and the resume key.
+  The key covers everything the result depends on: the resolved config the stage passed, the code (every ``wsss``
+  source file) and the content of the input files (:func:`wsss.io.path_digest`). A killed job re-run with the same
+  key resumes from it (and logs what it matched); any change starts afresh. The state is deleted once the final
+  checkpoint is written, so a later run can never pick up a finished training.
 - ``checkpoint.pt`` (the stage's output): the same dict, written atomically once training has finished.
 """
 
@@ -17,7 +20,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -29,7 +31,8 @@ import torch
 from tqdm import tqdm
 
 from wsss.engine import distributed as dist
-from wsss.io import atomic_path
+from wsss.engine.checkpoint import save_checkpoint
+from wsss.io import path_digest, plain
 
 log = logging.getLogger("wsss")
 
@@ -93,23 +96,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: dict, total_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    from wsss.io import WsssInputError
-
-    path = Path(path)
-    if not path.is_file():
-        raise WsssInputError(f"{path}: checkpoint not found; run the training stage that writes it first")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise WsssInputError(f"{path}: unreadable checkpoint ({e}); delete it and re-run its training stage") from e
-
-
 @dataclass
 class TrainState:
     """What a training loop needs to resume exactly where it stopped."""
@@ -136,9 +122,13 @@ class TrainState:
     def try_resume(self, state_path: Path) -> bool:
         if not state_path.is_file():
             return False
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=False)
+        except Exception as e:  # a state file cut short by a crash: start afresh
+            log.info("ignoring %s: unreadable (%s)", state_path, e)
+            return False
         if state.get("config_digest") != config_digest(self.config):
-            log.info("ignoring %s: it was written under another config or code version", state_path)
+            log.info("ignoring %s: it was written under another config, code version or input files", state_path)
             return False
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -146,7 +136,9 @@ class TrainState:
         self.epoch = state["epoch"]
         self.history = state["history"]
         set_rng_state(state["rng"])
-        log.info("resumed from %s at epoch %d", state_path, self.epoch)
+        inputs = self.config.get("inputs", {})
+        log.info("resumed from %s at epoch %d: it matched the config, the code (%s) and the inputs %s", state_path,
+                 self.epoch, code_digest(), ", ".join(f"{k}={v}" for k, v in sorted(inputs.items())) or "(none)")
         return True
 
 
@@ -277,10 +269,15 @@ class _Objective(torch.nn.Module):
         return self.objective(x, batch)
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
-    if device.type == "cpu":
+def _to_device(batch: dict, device: torch.device, dtype: torch.dtype = torch.float32) -> dict:
+    """The batch on ``device``, its floating tensors (images, soft labels) in ``dtype``."""
+    if device.type == "cpu" and dtype == torch.float32:
         return batch
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return {k: (v.to(device, dtype=dtype if v.is_floating_point() else None, non_blocking=True)
+                if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def train(
@@ -293,13 +290,16 @@ def train(
     state_path: Path,
     out: Path,
     objective: Callable[[torch.Tensor, dict], dict],
+    inputs: dict | None = None,
     end_of_epoch: Callable[[int], dict] | None = None,
     extra: dict | None = None,
     desc: str = "train",
     section: str | None = None,
 ) -> list[dict]:
     """Train ``net`` on ``dataset`` with the schedule ``tcfg`` (a config ``train`` section), then write the final
-    checkpoint to ``out``. ``objective(x, batch)`` returns loss tensors including ``loss``.
+    checkpoint to ``out`` and delete the resumable state. ``objective(x, batch)`` returns loss tensors including
+    ``loss``. ``resolved`` (the config the result depends on, stored in the checkpoint as ``config``) and the
+    digests of the ``inputs`` files ({name: path}) key the resumable state.
 
     Data order depends only on (seed, epoch) and a sample's augmentation only on (seed, epoch, index), so a
     resumed run replays the same batches and the process count does not matter. ``tcfg["batch_size"]`` is the
@@ -314,13 +314,16 @@ def train(
     key = f"{section}.train.batch_size" if section else f"train.batch_size ({desc})"
     dist.local_batch_size(global_batch, world, key=key)  # refuses a global batch the processes do not divide
     device = dist.device()
-    net.to(device)
+    dtype = DTYPES[tcfg.get("dtype", "float32")]
+    net.to(device, dtype=dtype)
     net = apply_batchnorm(net, tcfg.get("batchnorm", "sync"), world)
     if tcfg["channels_last"]:
         net = net.to(memory_format=torch.channels_last)
     steps_per_epoch = max(1, len(dataset) // global_batch)
     optimizer = build_optimizer(net.parameters(), tcfg)
     scheduler = build_scheduler(optimizer, tcfg, steps_per_epoch * tcfg["epochs"])
+    resolved = plain(resolved)
+    resolved["inputs"] = {k: path_digest(p) for k, p in sorted((inputs or {}).items()) if p is not None}
     state = TrainState(net, optimizer, scheduler, resolved)
     forward = objective
     if world > 1:
@@ -340,7 +343,7 @@ def train(
                                            num_workers=0, generator=epoch_generator(seed, epoch))
 
     def step(batch: dict) -> dict:
-        batch = _to_device(batch, device)
+        batch = _to_device(batch, device, dtype)
         x = batch["image"]
         if tcfg["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -356,7 +359,8 @@ def train(
     if dist.is_main():
         final = state.to_dict()
         final.update(extra or {})
-        final["model"] = net.to(memory_format=torch.contiguous_format).state_dict()
+        final["model"] = net.to(memory_format=torch.contiguous_format).state_dict()  # (loads into float32 nets too)
         save_checkpoint(out, final)
+        state_path.unlink(missing_ok=True)  # finished: nothing for a later run to resume
     dist.barrier()  # the checkpoint exists before any rank returns
     return [{k: v for k, v in h.items() if k != "seconds"} for h in state.history]

@@ -12,8 +12,9 @@ Channel 0 = background, channel c + 1 = foreground class c (K foreground classes
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["IGNORE_INDEX", "ngwp_scores", "focal_size_penalty", "class_scores", "pseudo_gt"]
+__all__ = ["IGNORE_INDEX", "ngwp_scores", "focal_size_penalty", "class_scores", "pseudo_gt", "mask_loss"]
 
 IGNORE_INDEX = 255
 
@@ -89,3 +90,33 @@ def pseudo_gt(
     n = claim.sum(1)
     gt = claim.float().argmax(1)
     return torch.where(n == 1, gt, torch.full_like(gt, IGNORE_INDEX))
+
+
+def mask_loss(logits: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, *, balanced: bool,
+              require_all_classes: bool) -> torch.Tensor:
+    """Segmentation CE of ``logits`` [B,C,H,W] against the pseudo GT ``target`` [B,H,W] (255 ignored).
+
+    ``balanced`` (1-stage ``balanced_mask_loss_ce``): pixel of class c weighted by (N - N_c) / (1 + N), N = labelled
+    pixels of the image, averaged over all of the image's pixels::
+
+        L_i = 1/|Ω| Σ_{p labelled} (N_i - N_{i,y_p}) / (1 + N_i) · CE(logits_p, y_p)
+
+    else the plain mean of CE over the labelled pixels. ``require_all_classes`` (1-stage): an image counts only if
+    its pseudo GT holds every image-label class + background. Returns the mean of L_i over the batch.
+    """
+    B, C = logits.shape[:2]
+    ce = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="none").flatten(1)  # 0 at ignore
+    valid = (target != IGNORE_INDEX).flatten(1)
+    safe = torch.where(valid, target.flatten(1), torch.zeros_like(target.flatten(1)))
+    counts = F.one_hot(safe, C).mul(valid[..., None]).sum(1).to(ce.dtype)  # [B,C]
+    if balanced:
+        n_tot = counts.sum(1, keepdim=True)
+        w = ((n_tot - counts) / (1.0 + n_tot)).gather(1, safe) * valid
+        per_image = (w * ce).mean(1)
+    else:
+        per_image = (ce * valid).sum(1) / valid.sum(1).clamp_min(1)
+    if require_all_classes:
+        want = labels.sum(1).to(ce.dtype) + 1.0
+        have = (counts > 0).sum(1).to(ce.dtype)
+        per_image = per_image * (want == have).to(ce.dtype)
+    return per_image.mean()

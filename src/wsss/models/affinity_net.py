@@ -16,7 +16,7 @@ from torch import nn
 
 from .backbones import build_backbone
 
-__all__ = ["AffinityNet"]
+__all__ = ["AffinityNet", "affinity_net_from_config", "load_affinity_net"]
 
 
 def _layer_channels(layer: nn.Sequential) -> int:
@@ -62,3 +62,22 @@ class AffinityNet(nn.Module):
                 f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
             outs.append(F.elu(proj(f)))
         return F.elu(self.fuse(torch.cat(outs, dim=1)))
+
+
+def affinity_net_from_config(rw) -> AffinityNet:
+    """The affinity network of a ``refine.random_walk`` config section (backbone, embed_dim, stride)."""
+    return AffinityNet(dict(rw["backbone"]), embed_dim=rw["embed_dim"], stride=rw["stride"])
+
+
+def load_affinity_net(path) -> tuple[AffinityNet, dict]:
+    """(the affinity network in eval mode, its checkpoint dict) of a ``train_affinity`` output."""
+    from wsss.engine.checkpoint import load_checkpoint
+    from wsss.io import WsssInputError
+
+    ckpt = load_checkpoint(path, kind="affinity network checkpoint (train_affinity)", need=("config",))
+    if "random_walk" not in ckpt["config"]:
+        raise WsssInputError(f"{path}: not an affinity network checkpoint (train_affinity); pass a "
+                             "models/affinity_*/ checkpoint")
+    net = affinity_net_from_config(ckpt["config"]["random_walk"])
+    net.load_state_dict(ckpt["model"])
+    return net.eval(), ckpt

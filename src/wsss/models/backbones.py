@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-__all__ = ["build_backbone", "freeze_bn", "ResNetBackbone", "BACKBONES", "load_torchvision_weights"]
+__all__ = ["build_backbone", "freeze_bn", "init_from_supportnet", "ResNetBackbone", "BACKBONES", "load_torchvision_weights"]
 
 BACKBONES = ("resnet_small", "resnet18", "resnet50", "resnet101")
 
@@ -220,3 +220,20 @@ def freeze_bn(module: nn.Module) -> nn.Module:
                 m.register_forward_pre_hook(_keep_bn_eval)
                 m._wsss_frozen = True
     return module
+
+
+def init_from_supportnet(backbone: nn.Module, support_ckpt, *, key: str) -> int:
+    """Copy a SupportNet checkpoint's backbone weights into ``backbone`` (all tensors, same architecture: strict);
+    returns the number of tensors copied. ``key`` names the config switch, for the error message."""
+    from wsss.engine.checkpoint import load_checkpoint
+    from wsss.io import WsssInputError
+
+    sd = load_checkpoint(support_ckpt, kind="SupportNet checkpoint (train_supportnet)", need=("backbone",))["model"]
+    src = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    try:
+        backbone.load_state_dict(src, strict=True)
+    except RuntimeError as e:
+        raise WsssInputError(
+            f"{support_ckpt}: SupportNet's backbone does not match this network's ({str(e).splitlines()[0]}); use the "
+            f"same backbone config as supportnet.backbone or set {key}: false") from e
+    return len(src)

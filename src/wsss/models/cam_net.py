@@ -2,21 +2,24 @@
 
 Net: backbone -> F [B,C,h,w]; CAM head = 1x1 conv without bias -> raw CAM A [B,K,h,w];
 logits = GAP(A) (equal to the classic GAP-then-FC because both are linear);
-optional projection head (1x1 conv -> ReLU -> 1x1 conv, L2-normalised per pixel)
-for the Regional Contrastive Module.
+optional projection head (1x1 conv -> ReLU -> 1x1 conv to ``proj_dim`` channels, default the backbone's,
+L2-normalised per pixel) for the Regional Contrastive Module (``mainnet.rcm.embedding: projection``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.engine.checkpoint import load_checkpoint
+
 from .backbones import build_backbone
 
-__all__ = ["CAMNet", "multiscale_cam", "cams_at_scales", "normalize_cam"]
+__all__ = ["CAMNet", "build_cam_net", "load_cam_net", "image_cam", "multiscale_cam", "cams_at_scales", "normalize_cam"]
 
 
 class CAMNet(nn.Module):
@@ -27,7 +30,7 @@ class CAMNet(nn.Module):
     :func:`wsss.models.backbones.build_backbone` (``name`` plus its keyword args).
     """
 
-    def __init__(self, backbone_cfg: dict, num_classes: int = 20, proj_dim: int = 128):
+    def __init__(self, backbone_cfg: dict, num_classes: int = 20, proj_dim: int | None = None):
         super().__init__()
         cfg = dict(backbone_cfg)
         name = cfg.pop("name", "resnet_small")
@@ -38,7 +41,7 @@ class CAMNet(nn.Module):
         self.proj = nn.Sequential(
             nn.Conv2d(c, c, kernel_size=1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(c, proj_dim, kernel_size=1),
+            nn.Conv2d(c, c if proj_dim is None else int(proj_dim), kernel_size=1),
         )
 
     def forward(self, x: torch.Tensor, with_proj: bool = False) -> dict[str, torch.Tensor]:
@@ -48,6 +51,19 @@ class CAMNet(nn.Module):
         if with_proj:
             out["proj"] = F.normalize(self.proj(feats), dim=1)
         return out
+
+
+def build_cam_net(backbone_cfg: dict) -> CAMNet:
+    """SupportNet's and MainNet's architecture (one, since MainNet starts from SupportNet's weights)."""
+    return CAMNet(backbone_cfg, num_classes=20)
+
+
+def load_cam_net(path) -> tuple[CAMNet, dict]:
+    """(the CAM network in eval mode, its checkpoint dict) of a ``train_supportnet`` / ``train_mainnet`` output."""
+    ckpt = load_checkpoint(path, kind="CAM network checkpoint (train_supportnet / train_mainnet)", need=("backbone",))
+    net = build_cam_net(ckpt["backbone"])
+    net.load_state_dict(ckpt["model"])
+    return net.eval(), ckpt
 
 
 def cams_at_scales(
@@ -119,3 +135,15 @@ def normalize_cam(cam: torch.Tensor, eps: float = 1e-5, detach_max: bool = False
     if detach_max:
         m = m.detach()
     return cam / (m + eps)
+
+
+@torch.no_grad()
+def image_cam(net: nn.Module, image: torch.Tensor, label: torch.Tensor, scales, flip: bool):
+    """(keys [K] VOC ids, cam float16 [K,H,W] in [0,1]) of one normalised image [3,H,W]: the multi-scale (+ flip)
+    CAM of the image's own classes (``label`` [20] multi-hot), each max-normalised (the CAM file contract)."""
+    keys = torch.nonzero(label).flatten()
+    dev = next(net.parameters()).device
+    cam = multiscale_cam(net, image[None].to(dev), scales=scales, flip=flip)[0]
+    keys = keys.to(dev)
+    cam = normalize_cam(cam[keys][None])[0] if len(keys) else cam[:0]
+    return (keys + 1).cpu().numpy().astype(np.int64), cam.cpu().numpy().astype(np.float16)

@@ -27,7 +27,7 @@ from torchvision.models.segmentation import deeplabv3 as tv_deeplab
 
 from .backbones import ResNetBackbone, build_backbone, load_torchvision_weights
 
-__all__ = ["build_segmenter", "Segmenter", "SEGMENTERS"]
+__all__ = ["build_segmenter", "segmenter_from_config", "load_segmenter", "Segmenter", "SEGMENTERS"]
 
 SEGMENTERS = (
     "deeplabv3_small", "deeplabv3_resnet50", "deeplabv3_resnet101",
@@ -197,3 +197,25 @@ def build_segmenter(
             return DeepLabV2(body, num_classes, atrous_rates)
         return DeepLabV3Plus(body, num_classes, atrous_rates, aspp_channels)
     raise ValueError(f"unknown segmenter {name!r}; choose from {SEGMENTERS}")
+
+
+def segmenter_from_config(scfg) -> nn.Module:
+    """The segmentation network of a ``segment`` config section (model, backbone, aspp_channels, atrous_rates)."""
+    bcfg = dict(scfg["backbone"])
+    pretrained = bcfg.pop("pretrained")
+    return build_segmenter(scfg["model"], num_classes=21, backbone_cfg=bcfg, pretrained=pretrained,
+                           aspp_channels=scfg["aspp_channels"], atrous_rates=tuple(scfg["atrous_rates"]))
+
+
+def load_segmenter(path) -> tuple[nn.Module, dict]:
+    """(the segmentation network in eval mode, its checkpoint dict) of a ``train_seg`` output."""
+    from wsss.engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path, kind="segmentation checkpoint (train_seg)", need=("config",))
+    if "segment" not in ckpt["config"]:
+        from wsss.io import WsssInputError
+
+        raise WsssInputError(f"{path}: not a segmentation checkpoint (train_seg); pass a models/deeplab_*/ checkpoint")
+    net = segmenter_from_config(ckpt["config"]["segment"])
+    net.load_state_dict(ckpt["model"])
+    return net.eval(), ckpt

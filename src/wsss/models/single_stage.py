@@ -32,7 +32,8 @@ from torchvision.models.segmentation import deeplabv3 as tv_deeplab
 
 from .backbones import build_backbone, freeze_bn
 
-__all__ = ["SingleStageNet", "StochasticGate", "GlobalCueInjection", "BACKGROUND_MODES", "SEG_HEADS"]
+__all__ = ["SingleStageNet", "single_stage_from_config", "load_single_stage", "StochasticGate", "GlobalCueInjection",
+           "BACKGROUND_MODES", "SEG_HEADS"]
 
 BACKGROUND_MODES = ("constant", "learned")
 SEG_HEADS = ("shared", "separate")
@@ -179,3 +180,27 @@ class SingleStageNet(nn.Module):
         if with_embedding:
             out["embedding"] = F.normalize(self.proj(y), dim=1)
         return out
+
+
+def single_stage_from_config(scfg) -> SingleStageNet:
+    """The single-stage net of a ``single_stage`` config section."""
+    return SingleStageNet(
+        scfg["backbone"], num_classes=20, head_channels=scfg["head_channels"], atrous_rates=scfg["atrous_rates"],
+        embedding_dim=scfg["embedding_dim"], sg_psi=scfg["sg_psi"], background=scfg["background"],
+        background_logit=scfg["background_logit"], freeze_backbone_bn=scfg["freeze_backbone_bn"],
+        seg_head=scfg["seg_head"],
+    )
+
+
+def load_single_stage(path) -> tuple[SingleStageNet, dict]:
+    """(the single-stage net in eval mode, its checkpoint dict) of a ``train_single_stage`` output."""
+    from wsss.engine.checkpoint import load_checkpoint
+    from wsss.io import WsssInputError
+
+    ckpt = load_checkpoint(path, kind="single-stage checkpoint (train_single_stage)", need=("config",))
+    if "single_stage" not in ckpt["config"]:
+        raise WsssInputError(f"{path}: not a single-stage checkpoint (train_single_stage); pass a "
+                             "models/single_stage_*/ checkpoint")
+    net = single_stage_from_config(ckpt["config"]["single_stage"])
+    net.load_state_dict(ckpt["model"])
+    return net.eval(), ckpt

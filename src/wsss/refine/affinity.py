@@ -25,9 +25,15 @@ without its CRF: fg where max CAM > ``fg_threshold`` (0.30), bg where max CAM â‰
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from wsss.data import voc
+from wsss.io import atomic_dir, load_npz, write_label_png
 
 __all__ = [
     "neighbour_offsets",
@@ -37,6 +43,8 @@ __all__ = [
     "affinity_labels",
     "pairwise_affinity",
     "affinity_loss",
+    "write_confident_labels",
+    "grid_label",
 ]
 
 IGNORE = 255
@@ -154,3 +162,17 @@ def affinity_loss(aff, pos_bg, pos_fg, neg, eps: float = 1e-5) -> torch.Tensor:
     fg = _mean(-torch.log(aff + eps), pos_fg)
     ng = _mean(-torch.log(1.0 - aff + eps), neg)
     return bg / 4 + fg / 4 + ng / 2
+
+
+def write_confident_labels(cams_dir, data_root, split: str, out_dir, fg_threshold: float, bg_threshold: float) -> None:
+    """IRN's confident regions of every CAM of ``split`` as palette PNGs in ``out_dir`` (255 = unsure), written
+    as a whole (:func:`wsss.io.atomic_dir`)."""
+    with atomic_dir(out_dir) as tmp:
+        for image_id in tqdm(voc.read_split(data_root, split), desc="affinity labels", mininterval=5, disable=None):
+            z = load_npz(Path(cams_dir) / f"{image_id}.npz")
+            write_label_png(tmp / f"{image_id}.png", confident_labels(z["cam"], z["keys"], fg_threshold, bg_threshold))
+
+
+def grid_label(label: torch.Tensor, size) -> torch.Tensor:
+    """Nearest sampling of a label map [B,H,W] onto the embedding grid (PSA samples labels at crop/8)."""
+    return F.interpolate(label[:, None].float(), size=size, mode="nearest")[:, 0].long()

@@ -18,10 +18,15 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .affinity import shift_valid_mask, shifted
+from wsss.data import voc
 
-__all__ = ["transition_matrix", "random_walk", "random_walk_dense", "rw_label", "rw_scores", "dense_affinity_matrix"]
+from .affinity import neighbour_offsets, pairwise_affinity, shift_valid_mask, shifted
+from .crf import dense_crf
+
+__all__ = ["transition_matrix", "random_walk", "random_walk_dense", "rw_label", "rw_scores", "walk_label",
+           "dense_affinity_matrix"]
 
 
 def _check(aff: torch.Tensor, offsets) -> None:
@@ -201,3 +206,41 @@ def rw_scores(
         return torch.cat([torch.full((1, h, w), float(bg_threshold)), rw], dim=0)
     bg = (1.0 - cam_t.max(dim=0, keepdim=True).values).clamp_min(0) ** bg_power
     return random_walk(torch.cat([bg, cam_t], dim=0), aff, offsets, beta=beta, n_steps=n_steps)
+
+
+@torch.no_grad()
+def walk_label(net, image: np.ndarray, cam: np.ndarray, keys: np.ndarray, rw, crf=None) -> np.ndarray:
+    """uint8 [H,W] random-walk pseudo label of one image (raw uint8 HxWx3) and its normalised CAM [K,H,W].
+
+    The affinity network ``net`` embeds the image (resized by ``rw["image_scale"]``); the pairwise affinities
+    within ``rw["radius"]`` give the sparse transition; the CAM is area-averaged onto that grid, walked
+    ``rw["n_steps"]`` times with a background plane (IRN constant ``bg_score`` / PSA power ``bg_power``), the scores
+    are upsampled bilinearly to the image and the argmax is the label. With ``crf`` (the ``refine`` config: its
+    ``crf`` parameters and ``ignore_confidence``) the walked scores are the unaries of a dense CRF instead, 255
+    where its posterior is below ``ignore_confidence``.
+    """
+    h, w = image.shape[:2]
+    x = voc.normalize(image)[None]
+    if rw["image_scale"] != 1.0:
+        x = F.interpolate(x, scale_factor=rw["image_scale"], mode="bilinear", align_corners=False)
+    offsets = neighbour_offsets(rw["radius"])
+    aff = pairwise_affinity(net(x), offsets)[0]
+    grid = aff.shape[-2:]
+    cam_t = torch.as_tensor(cam, dtype=torch.float32)
+    small = F.adaptive_avg_pool2d(cam_t[None], grid)[0] if len(keys) else cam_t.new_zeros((0, *grid))
+    psa = rw["bg_mode"] == "psa"
+    scores = rw_scores(small, aff, offsets, beta=rw["beta"], n_steps=rw["n_steps"],
+                       bg_threshold=None if psa else rw["bg_score"], bg_power=rw["bg_power"] if psa else None)
+    scores = F.interpolate(scores[None], size=(h, w), mode="bilinear", align_corners=False)[0].numpy()
+    lut = np.concatenate([[0], np.asarray(keys, np.int64)]).astype(np.uint8)
+    if crf is None or len(keys) == 0:
+        return lut[scores.argmax(axis=0)]
+    # walked scores as CRF unaries, all planes divided by ONE maximum: the background plane (IRN's constant, or
+    # PSA's walked power) keeps its ratio to the classes. Normalising each plane by its own maximum would lift
+    # IRN's constant 0.35 to 1.0 and let the background win every pixel.
+    scores = scores / max(float(scores.max()), 1e-6)
+    post = dense_crf(image, np.clip(scores, 0.0, 1.0), **crf["crf"])
+    label = lut[post.argmax(0)]
+    if crf["ignore_confidence"] > 0:
+        label[post.max(0) < crf["ignore_confidence"]] = 255
+    return label

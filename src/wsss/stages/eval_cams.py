@@ -1,4 +1,4 @@
-"""Stage: CAM quality on ``cam_split`` against the ground truth.
+"""Stage eval_cams: CAM quality on ``cam_split`` against the ground truth.
 
 Protocol (printed into the metric file): background = a constant threshold plane, argmax over
 (background, image classes); the threshold is swept over ``cams.thresholds`` against the ground truth (as SEAM's
@@ -13,61 +13,41 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from wsss import metrics
+from wsss import metrics as metrics_
 from wsss.data import voc
 from wsss.engine import distributed as dist
-from wsss.io import load_npz, read_json, read_label_png, write_json
+from wsss.evaluation import bias_probes, check_same_size, per_class_dict
+from wsss.io import load_npz, read_label_png, write_json
 
 
-def per_class_dict(values: list) -> dict:
-    return {name: v for name, v in zip(voc.VOC_CLASSES, values)}
-
-
-def scores_with_crf(res: dict, res_crf: dict) -> dict:
-    """The four score keys every segmentation evaluation writes: mIoU and per-class IoU, without and with CRF."""
-    return {"miou": res["miou"], "miou_crf": res_crf["miou"],
-            "per_class_iou": per_class_dict(res["per_class_iou"]),
-            "per_class_iou_crf": per_class_dict(res_crf["per_class_iou"])}
-
-
-def bias_probes(data_root: Path):
-    """(part-mask folder or None, context class ids) of a synthetic dataset; (None, set()) for real data."""
-    part_dir = data_root / "PartMasks"
-    meta = data_root / "synthetic.json"
-    context = {int(c) for c in read_json(meta).get("context_classes", {})} if meta.is_file() else set()
-    return (part_dir if part_dir.is_dir() else None), context
-
-
-def run(cfg: dict, *, net_name: str, cams_dir: Path, data_root: Path, split: str, out: Path,
-        curve_out: Path) -> None:
+def run(cfg, *, seed: int, net: str, data: Path, cams: Path, metrics: Path, curve: Path, threads: int = 1) -> None:
     if not dist.is_main():  # CPU-bound and cheap: under torchrun rank 0 alone evaluates, the others exit
         return
-    ccfg = cfg["cams"]
-    ids = voc.read_split(data_root, split)
+    ccfg, split = cfg["cams"], cfg["data"]["cam_split"]
+    ids = voc.read_split(data, split)
     thresholds = sorted(set(ccfg["thresholds"]) | {ccfg["fixed_threshold"]})
-    sweep = metrics.ThresholdSweep(thresholds)
+    sweep = metrics_.ThresholdSweep(thresholds)
     items = []
-    for image_id in tqdm(ids, desc=f"eval CAMs {net_name}", mininterval=5, disable=None):
-        z = load_npz(cams_dir / f"{image_id}.npz")
-        gt = read_label_png(voc.mask_path(data_root, image_id))
+    for image_id in tqdm(ids, desc=f"eval CAMs {net}", mininterval=5, disable=None):
+        z = load_npz(cams / f"{image_id}.npz")
+        gt = read_label_png(voc.mask_path(data, image_id))
         cam = z["cam"].astype("float32")
-        if cam.shape[1:] != gt.shape:
-            raise ValueError(f"{cams_dir / image_id}.npz: CAM size {cam.shape[1:]} differs from mask size {gt.shape}")
+        check_same_size(cam, gt, what=f"CAM {cams / image_id}.npz", mask=voc.mask_path(data, image_id))
         sweep.update(cam, z["keys"], gt)
         items.append((image_id, cam, z["keys"], gt))
     best_thr, best_cm = sweep.best()
     fixed_cm = sweep.confusion(thresholds.index(ccfg["fixed_threshold"]))
     best = best_cm.compute()
 
-    part_dir, context = bias_probes(data_root)
-    region, ctx = metrics.RegionRecall(), metrics.ContextShare(context)
+    part_dir, context = bias_probes(data)
+    region, ctx = metrics_.RegionRecall(), metrics_.ContextShare(context)
     for image_id, cam, keys, gt in items:
-        pred = metrics.cam_to_label(cam, keys, best_thr)
+        pred = metrics_.cam_to_label(cam, keys, best_thr)
         if part_dir is not None:
             region.update(pred, gt, read_label_png(part_dir / f"{image_id}.png", num_classes=3))
         ctx.update(pred, gt, image_classes=keys.tolist())
     result = {
-        "net": net_name,
+        "net": net,
         "protocol": {
             "split": split,
             "images": len(ids),
@@ -92,5 +72,5 @@ def run(cfg: dict, *, net_name: str, cams_dir: Path, data_root: Path, split: str
     if context:
         shares = ctx.compute()
         result.update({"context_bg_share": shares["context_bg_share"], "other_bg_share": shares["other_bg_share"]})
-    write_json(out, result)
-    write_json(curve_out, result["curve"])
+    write_json(metrics, result)
+    write_json(curve, result["curve"])

@@ -1,4 +1,5 @@
-"""Stage: multi-scale + flip CAM extraction, one ``.npz`` per image (contract in docs/architecture.md).
+"""Stage extract_cams: multi-scale + flip CAMs of train_split, one ``.npz`` per image (contract in
+docs/architecture.md).
 
 Only the image's own classes (its image-level labels, which WSSS is given) are kept, each max-normalised, as
 IRN's make_cam does. The output folder is written as a whole: into a temporary sibling, renamed at the end.
@@ -14,43 +15,29 @@ import contextlib
 import logging
 from pathlib import Path
 
-import numpy as np
-import torch
 from tqdm import tqdm
 
 from wsss.data.voc import ImageDataset
 from wsss.engine import distributed as dist
 from wsss.io import atomic_dir, save_npz
-from wsss.models.cam_net import multiscale_cam, normalize_cam
-from wsss.stages.train_cam import load_cam_net
+from wsss.models.cam_net import image_cam, load_cam_net
 
 log = logging.getLogger("wsss")
 
 
-@torch.no_grad()
-def image_cam(net, image: torch.Tensor, label: torch.Tensor, scales, flip: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(keys [K] VOC ids, cam float16 [K,H,W] in [0,1]) for one normalised image [3,H,W]."""
-    keys = torch.nonzero(label).flatten()
-    dev = next(net.parameters()).device
-    cam = multiscale_cam(net, image[None].to(dev), scales=scales, flip=flip)[0]
-    keys = keys.to(dev)
-    cam = normalize_cam(cam[keys][None])[0] if len(keys) else cam[:0]
-    return (keys + 1).cpu().numpy().astype(np.int64), cam.cpu().numpy().astype(np.float16)
-
-
-def run(cfg: dict, *, checkpoint: Path, data_root: Path, split: str, out_dir: Path) -> None:
-    net, _ = load_cam_net(checkpoint)
-    net.to(dist.device())
-    ds = ImageDataset(data_root, split)
-    ccfg = cfg["cams"]
+def run(cfg, *, seed: int, net: str, data: Path, ckpt: Path, cams: Path, threads: int = 1) -> None:
+    model, _ = load_cam_net(ckpt)
+    model.to(dist.device())
+    ds = ImageDataset(data, cfg["data"]["train_split"])
+    scales, flip = cfg["cams"]["scales"], cfg["cams"]["flip"]
     mine = dist.shard(range(len(ds)))
     with contextlib.ExitStack() as stack:
         # rank 0 owns the atomic output folder (it clears stale temporaries, then renames); the others write into it
-        tmp = stack.enter_context(atomic_dir(out_dir)) if dist.is_main() else None
+        tmp = stack.enter_context(atomic_dir(cams)) if dist.is_main() else None
         tmp = dist.broadcast_object(tmp)
-        for i in tqdm(mine, desc=f"CAMs {out_dir.name}", mininterval=5, disable=None if dist.is_main() else True):
+        for i in tqdm(mine, desc=f"CAMs {net}", mininterval=5, disable=None if dist.is_main() else True):
             item = ds[i]
-            keys, cam = image_cam(net, item["image"], item["label"], ccfg["scales"], ccfg["flip"])
+            keys, cam = image_cam(model, item["image"], item["label"], scales, flip)
             save_npz(tmp / f"{item['id']}.npz", keys=keys, cam=cam)
         dist.barrier()  # every shard is written before rank 0 renames the folder
-    log.info("wrote %d CAMs to %s", len(ds), out_dir)
+    log.info("wrote %d CAMs of %s to %s", len(ds), net, cams)

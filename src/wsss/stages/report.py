@@ -1,31 +1,32 @@
-"""Stage: the report (tables MD/CSV/HTML + figures), regenerated from the metric files only."""
+"""Stage report: tables (MD/CSV/HTML) and figures, regenerated from the metric files only."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from wsss import config as wconfig
+from wsss.variants import nets, seg_sources, single_stage_variants
 from wsss.report import build_report
 
 log = logging.getLogger("wsss")
 
 
-def run(cfg: dict, *, exp_dir: Path, out_dir: Path) -> None:
+def run(cfg, *, data: Path, out: Path, exp: str, threads: int = 1) -> None:
+    full = cfg.to_dict()  # the report reads (and prints) the whole config
     summary = build_report(
-        exp_dir,
-        out_dir,
-        nets=wconfig.nets(cfg),
-        crf_nets=cfg["refine"]["crf_nets"],
-        seg_sources=wconfig.seg_sources(cfg),
-        title=cfg["report"]["title"],
-        config=cfg,
-        n_qualitative=cfg["report"]["n_qualitative"],
-        final_net=f"mainnet_{cfg['mainnet']['final_variant']}",
-        seeds=cfg["seeds"],
-        rw_nets=cfg["refine"]["random_walk"]["nets"],
-        ss_variants=cfg["single_stage"]["variants"] if cfg["single_stage"]["enabled"] else [],
+        Path(exp),
+        out,
+        nets=nets(full),
+        crf_nets=full["refine"]["crf_nets"],
+        seg_sources=seg_sources(full),
+        title=full["report"]["title"],
+        config=full,
+        n_qualitative=full["report"]["n_qualitative"],
+        final_net=f"mainnet_{full['mainnet']['final_variant']}",
+        seeds=full["seeds"],
+        rw_nets=full["refine"]["random_walk"]["nets"],
+        ss_variants=single_stage_variants(full),
     )
     for row in summary.get("headline", []):
         log.info("headline: %s", row)
-    print(f"report: {Path(out_dir) / 'index.html'}")
+    print(f"report: {Path(out) / 'index.html'}")

@@ -1,0 +1,91 @@
+"""MainNet's objective: classification, plus RCM and MAM from a frozen SupportNet (pixel-level self-supervision).
+
+MainNet step (variant flags ``rcm`` and ``mam``, :data:`wsss.variants.MAINNET_VARIANTS`)::
+
+    L = L_cls(MainNet(x), y)
+      + [rcm] w_rcm * L_rcm(MainNet pixel embeddings, regions and prototypes from frozen SupportNet)
+      + [mam] w_mam * L_mam(MainNet CAMs at scales S, fused SupportNet CAMs at scales S)
+
+SupportNet is frozen (eval mode, no gradient) while MainNet trains; ``tests/test_stages.py`` proves that no
+gradient reaches it. ``support=None`` gives SupportNet's own objective (classification only).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from wsss.engine import distributed as dist
+from wsss.losses import classification, mam, rcm
+from wsss.models.cam_net import CAMNet, cams_at_scales, normalize_cam
+from wsss.variants import MAINNET_VARIANTS
+
+
+class MainNetObjective:
+    """Loss of one MainNet variant given a frozen SupportNet; ``mcfg`` is the ``mainnet`` config section (only
+    its ``rcm`` / ``mam`` parts are read, and only for the variants that use them)."""
+
+    def __init__(self, net: CAMNet, support: CAMNet | None, variant: str, mcfg=None):
+        if variant not in MAINNET_VARIANTS:
+            raise ValueError(f"unknown MainNet variant {variant!r}; choose from {list(MAINNET_VARIANTS)}")
+        self.net, self.support = net, support
+        self.use_rcm, self.use_mam = MAINNET_VARIANTS[variant]
+        self.rcm_cfg = mcfg["rcm"] if self.use_rcm else None
+        self.mam_cfg = mcfg["mam"] if self.use_mam else None
+        self.memory = None
+        if self.use_rcm and self.rcm_cfg["memory_momentum"] > 0:
+            self.memory = rcm.PrototypeMemory(21, net.backbone.out_channels, self.rcm_cfg["memory_momentum"])
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        want_proj = self.use_rcm and self.rcm_cfg["embedding"] == "projection"
+        out = self.net(x, with_proj=want_proj)
+        losses = {"loss_cls": classification.multilabel_loss(out["logits"], y)}
+        if self.use_rcm or self.use_mam:
+            with torch.no_grad():
+                s_out = self.support(x)
+        if self.use_rcm:
+            losses["loss_rcm"] = self.rcm_cfg["weight"] * self._rcm(out, s_out, y, want_proj)
+        if self.use_mam:
+            losses["loss_mam"] = self.mam_cfg["weight"] * self._mam(x, out, y)
+        losses["loss"] = sum(losses.values())
+        return losses
+
+    def _rcm(self, out: dict, s_out: dict, y: torch.Tensor, want_proj: bool) -> torch.Tensor:
+        c = self.rcm_cfg
+        s_cam = normalize_cam(F.relu(s_out["cam"]))
+        region = rcm.region_labels(s_cam, y, c["fg_threshold"], c["bg_threshold"])
+        # batch prototypes pool over the global batch under DDP (all-reduced), as with one process
+        protos, present = rcm.class_prototypes(s_out["features"], region, num_classes=21, scope=c["prototype_scope"],
+                                               reduce=dist.all_reduce_sum)
+        if self.memory is not None:
+            self.memory.update(protos, present)
+            protos, present = self.memory.get()
+        emb = out["proj"] if want_proj else F.normalize(out["features"], dim=1)
+        loss, count = rcm.pixel_prototype_contrast(emb, region, protos, present, c["temperature"], return_count=True)
+        return dist.global_mean(loss, count)  # mean over the labelled pixels of the global batch
+
+    def _mam(self, x: torch.Tensor, out: dict, y: torch.Tensor) -> torch.Tensor:
+        c = self.mam_cfg
+        size = out["cam"].shape[-2:]
+        with torch.no_grad():
+            s_cams = [normalize_cam(a) for a in cams_at_scales(self.support, x, c["scales"], flip=False, size=size)]
+            target = mam.fuse_multiscale(s_cams, mode=c["fusion"])
+        # MainNet's raw (signed) CAMs, normalised by a detached max: a ReLU would give no gradient exactly where
+        # the body is still negative, and a live max would let MainNet "expand" by lowering its own peak.
+        m_cams = []
+        for s in c["scales"]:
+            cam = out["cam"] if s == 1.0 else cams_at_scales(self.net, x, [s], size=size, activation="none")[0]
+            # floored at -1 so that a class whose peak is still ~0 cannot blow the loss up
+            m_cams.append(normalize_cam(cam, detach_max=True).clamp(min=-1.0))
+        loss = mam.mam_loss(
+            m_cams,
+            target,
+            y,
+            measure=c["measure"],
+            gamma=c["gamma"],
+            gate_threshold=c["gate_threshold"],
+            one_sided=c["one_sided"],
+            suppress_below=c["suppress_below"],
+        )
+        # mam_loss divides by (present classes x pixels) of the batch: make that the global batch's under DDP
+        return dist.global_mean(loss, y.sum() * size[0] * size[1])

@@ -1,0 +1,125 @@
+"""The training objective of AA&LR's single-stage model (one ablation variant: baseline, aa, lr, aa_lr).
+
+Step (variant flags ``aa`` and ``lr``, :data:`wsss.variants.SINGLE_STAGE_VARIANTS`; config section
+``single_stage``; docs/methods.md says what is whose)::
+
+    logits, seg_logits, emb = Net(x)                          (stride 8; channel 0 = background; seg_logits =
+                                                              logits unless single_stage.seg_head = separate)
+    L = MLSM(nGWP(logits) + focal(softmax(logits)), y)        classification (1-stage-wseg)
+      + [epoch >= warmup_epochs]
+          pgt = pseudo_gt(PAMR(x, softmax(logits).detach()))  on the label grid (input stride label_stride)
+          w_mask * CE(seg_logits -> grid, pgt)                class-balanced as 1-stage, or plain
+        + [aa] w_aa * AA(seg_logits, pgt -> logit grid)       adaptive affinity (wsss.losses.adaptive_affinity)
+        + [lr] w_lr * LR(emb -> grid, reassign(pgt))          label reassign (wsss.losses.label_reassign)
+
+Before ``warmup_epochs`` only the classification term trains (1-stage's TRAIN.PRETRAIN). PAMR and the pseudo
+ground truth carry no gradient.
+
+Test-time inference: :mod:`wsss.methods.single_stage_inference`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from wsss.losses import classification
+from wsss.losses.adaptive_affinity import adaptive_affinity_loss
+from wsss.losses.label_reassign import class_centres, label_reassign_loss, reassign
+from wsss.losses.single_stage import IGNORE_INDEX, class_scores, mask_loss, pseudo_gt
+from wsss.models.single_stage import SingleStageNet
+from wsss.refine.pamr import pamr_present
+from wsss.variants import SINGLE_STAGE_VARIANTS
+
+
+class SingleStageObjective:
+    """Loss of one variant; ``scfg`` is the ``single_stage`` config section (its ``aa`` / ``lr`` parts are read only
+    by the variants that use them). ``epoch`` (set by the training loop) decides whether the warm-up is over."""
+
+    def __init__(self, net: SingleStageNet, variant: str, scfg):
+        if variant not in SINGLE_STAGE_VARIANTS:
+            raise ValueError(f"unknown single-stage variant {variant!r}; choose from {list(SINGLE_STAGE_VARIANTS)}")
+        self.net, self.scfg = net, scfg
+        self.use_aa, self.use_lr = SINGLE_STAGE_VARIANTS[variant]
+        self.epoch = 0
+
+    def pseudo_labels(self, x: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor):
+        """(pseudo GT [B,h,w] on the label grid, PAMR-refined masks [B,C,h,w]); no gradient."""
+        s = self.scfg
+        H, W = x.shape[-2:]
+        size = (max(1, H // s["label_stride"]), max(1, W // s["label_stride"]))
+        with torch.no_grad():
+            img = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=True).contiguous()
+            masks = torch.softmax(logits.detach().float(), dim=1)
+            refined = pamr_present(img, masks, labels, dilations=s["pamr"]["dilations"], n_iter=s["pamr"]["iterations"])
+            pgt = pseudo_gt(refined, labels, **s["pseudo_gt"])
+        return pgt, refined
+
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        s = self.scfg
+        warm = self.epoch < s["warmup_epochs"]
+        out = self.net(x, with_embedding=self.use_lr and not warm)
+        logits = out["logits"]
+        losses = {"loss_cls": classification.multilabel_loss(class_scores(logits, **s["focal"]), labels)}
+        zero = logits.new_zeros(())
+        extra = {"loss_seg": zero, "pseudo_ignored": zero}
+        if self.use_aa:
+            extra["loss_aa"] = zero
+        if self.use_lr:
+            extra.update(loss_lr=zero, lr_reassigned=zero)
+        if not warm:
+            pgt, refined = self.pseudo_labels(x, logits, labels)
+            grid = pgt.shape[-2:]
+            seg_logits = out["seg_logits"]
+            up = F.interpolate(seg_logits, size=grid, mode="bilinear", align_corners=True)
+            seg_target = pgt
+            extra["pseudo_ignored"] = (pgt == IGNORE_INDEX).float().mean()
+            if self.use_lr:
+                c = s["lr"]
+                emb = F.normalize(F.interpolate(out["embedding"], size=grid, mode="bilinear", align_corners=True), dim=1)
+                centres, present = class_centres(emb, pgt, num_classes=logits.shape[1], detach=c["detach_centres"])
+                new = reassign(emb, pgt, centres, present, margin=c["margin"], mode=c["mode"])
+                extra["lr_reassigned"] = ((new != pgt) & (pgt != IGNORE_INDEX)).float().mean()
+                extra["loss_lr"] = c["weight"] * label_reassign_loss(emb, new, centres, present, c["temperature"])
+                if c["relabel_segmentation"]:
+                    seg_target = new
+            m = s["mask_loss"]
+            extra["loss_seg"] = m["weight"] * mask_loss(up, seg_target, labels, balanced=m["balanced"],
+                                                        require_all_classes=m["require_all_classes"])
+            if self.use_aa:
+                c = s["aa"]
+                aa_logits, aa_target, conf = up, seg_target, refined.amax(1)
+                if c["grid"] == "logits":  # AAF: labels shrunk (nearest) to the network output's size
+                    aa_logits = seg_logits
+                    aa_target = F.interpolate(seg_target[:, None].float(), size=seg_logits.shape[-2:],
+                                              mode="nearest")[:, 0].long()
+                    conf = F.interpolate(conf[:, None], size=seg_logits.shape[-2:], mode="nearest")[:, 0]
+                extra["loss_aa"] = c["weight"] * adaptive_affinity_loss(
+                    aa_logits, aa_target, dilations=c["dilations"], margin=c["margin"], weighting=c["weighting"],
+                    confidence=conf)
+        losses.update(extra)
+        losses["loss"] = sum(v for k, v in losses.items() if k.startswith("loss_"))
+        return losses
+
+
+class EpochAware(torch.utils.data.Dataset):
+    """Forwards items of ``ds``; the trainer sets ``dataset.seed = run_seed * 1000 + epoch`` before every epoch
+    (``wsss.engine.trainer.train``), from which this wrapper tells the objective the epoch (also after a resume)."""
+
+    def __init__(self, ds, run_seed: int, objective: SingleStageObjective):
+        self.ds, self.run_seed, self.objective = ds, int(run_seed), objective
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.ds[i]
+
+    @property
+    def seed(self) -> int:
+        return self.ds.seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self.ds.seed = value
+        self.objective.epoch = int(value) - self.run_seed * 1000

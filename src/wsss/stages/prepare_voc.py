@@ -1,0 +1,17 @@
+"""Stage prepare_voc: the VOC dataset folder (:func:`wsss.data.voc_prepare.prepare_voc`): splits (train, val,
+train_aug), image labels from the XML annotations cross-checked against the masks, SBD masks converted to
+SegmentationClassAug."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wsss.data import voc_prepare
+from wsss.io import write_json
+
+
+def run(cfg, *, voc: Path, data: Path, metrics: Path, sbd: Path | None = None, threads: int = 1) -> None:
+    vcfg = cfg["data"]["voc"]
+    report = voc_prepare.prepare_voc(voc, sbd, data, expect_counts=vcfg["expect_counts"],
+                                     cross_check=vcfg["cross_check"], link_mode=vcfg["link_mode"])
+    write_json(metrics, {**report, "data_source": cfg["data"]["source"]})

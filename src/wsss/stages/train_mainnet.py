@@ -1,0 +1,51 @@
+"""Stage train_mainnet: one MainNet variant (the RCM / MAM ablation; ``baseline`` is the fair control), trained
+from the frozen SupportNet (:class:`wsss.methods.mainnet.MainNetObjective`). MainNet has SupportNet's architecture
+(the backbone config is read from SupportNet's checkpoint) and, with ``mainnet.init_from_supportnet``, its weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from wsss.data.voc import ClassificationDataset
+from wsss.engine import distributed as dist
+from wsss.engine.trainer import DTYPES, seed_everything, train
+from wsss.evaluation import classifier_metrics, periodic_map
+from wsss.io import write_json
+from wsss.methods.mainnet import MainNetObjective
+from wsss.models.cam_net import build_cam_net, load_cam_net
+
+
+def run(cfg, *, seed: int, variant: str, data: Path, support: Path, ckpt: Path, metrics: Path, plot: Path,
+        state: Path, threads: int = 1) -> None:
+    section = cfg["mainnet"]
+    tcfg = section["train"]
+    name = f"mainnet_{variant}"
+    seed_everything(seed)
+    frozen, sup_ckpt = load_cam_net(support)
+    backbone = sup_ckpt["backbone"]
+    net = build_cam_net(backbone)
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    if section["init_from_supportnet"]:
+        net.load_state_dict(frozen.state_dict())
+    objective = MainNetObjective(net, frozen, variant, section)
+    dtype = DTYPES[tcfg["dtype"]]
+    if objective.memory is not None:
+        objective.memory.to(dist.device(), dtype=dtype)
+    frozen.to(dist.device(), dtype=dtype)  # train() moves MainNet there
+    if tcfg["channels_last"]:
+        frozen.to(memory_format=torch.channels_last)
+    ds = ClassificationDataset(data, cfg["data"]["train_split"], crop=tcfg["crop"], train=True, seed=seed)
+    history = train(
+        net, ds, tcfg, seed=seed, state_path=state, out=ckpt, desc=name, section="mainnet",
+        resolved={"net": name, "section": section, "backbone": backbone, "seed": seed, "data": cfg["data"]},
+        inputs={"data": data, "support": support}, objective=lambda x, batch: objective(x, batch["label"]),
+        end_of_epoch=periodic_map(net, data, cfg["data"]["val_split"], tcfg["epochs"]), extra={"backbone": backbone},
+    )
+    if not dist.is_main():  # every rank holds the same history; rank 0 writes
+        return
+    write_json(metrics, classifier_metrics(name, variant, history, tcfg["epochs"]))
+    write_json(plot, history)
