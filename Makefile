@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 CORES  ?= all
 
-.PHONY: run test slurm-test dvc.yaml dvc-check bench clean-smoke
+.PHONY: run test test-all lint slurm-test dvc.yaml dvc-check bench clean-smoke
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,20 @@ run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
 	@echo "report: results/default/report/index.html"
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+# The fast tier (unit tests, and the end-to-end checks that all reuse ONE smoke DAG run) plus the linters:
+# <= 10 minutes on 2 cores. `make test-all` adds the slow checks (served-VOC pipeline, SIGKILL, DDP, re-runs after
+# a change; SLURM where its daemons are installed).
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
+
+test-all: $(STAMP) lint
+	$(BIN)/python -m pytest -q --durations=30
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint --configfile config/smoke.yaml
 
 # The smoke DAG through SLURM on a single-node cluster on 127.0.0.1: installs Debian's slurm-wlm and munge when
 # missing (root, apt-get), then runs only tests/test_slurm.py (`make test` runs it only where they are installed).

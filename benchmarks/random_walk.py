@@ -25,7 +25,7 @@ def _one(size: int, n_steps: int, radius: int, classes: int, threads: int) -> di
 
     sys.path.insert(0, str(REPO / "src"))
     from wsss.refine.affinity import neighbour_offsets
-    from wsss.refine.random_walk import transition_matrix, random_walk
+    from wsss.refine.random_walk import random_walk, transition_matrix
 
     torch.set_num_threads(threads)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
@@ -44,8 +44,14 @@ def _one(size: int, n_steps: int, radius: int, classes: int, threads: int) -> di
     assert out.shape == cam.shape
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
-        "size": size, "offsets": len(offs), "planes": classes + 1, "n_steps": n_steps, "threads": threads,
-        "nnz": nnz, "build_s": round(build, 3), "random_walk_s": round(total, 3),
+        "size": size,
+        "offsets": len(offs),
+        "planes": classes + 1,
+        "n_steps": n_steps,
+        "threads": threads,
+        "nnz": nnz,
+        "build_s": round(build, 3),
+        "random_walk_s": round(total, 3),
         "ms_per_step": round(1000 * (total - build) / max(n_steps, 1), 2),
         "peak_rss_mib": round((peak - base) / 1024, 1),
         "dense_fp32_gib": round((size * size) ** 2 * 4 / 2**30, 1),
@@ -67,14 +73,30 @@ def main() -> None:
         return
     rows = []
     for s in a.sizes:
-        cmd = [sys.executable, __file__, "--one", "--sizes", str(s), "--n-steps", str(a.n_steps),
-               "--radius", str(a.radius), "--classes", str(a.classes), "--threads", str(a.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            "--sizes",
+            str(s),
+            "--n-steps",
+            str(a.n_steps),
+            "--radius",
+            str(a.radius),
+            "--classes",
+            str(a.classes),
+            "--threads",
+            str(a.threads),
+        ]
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         rows.append({"size": s, **r})
-        print(f"{s}x{s}: P={r['offsets']} planes={r['planes']} steps={r['n_steps']} threads={r['threads']} "
-              f"nnz={r['nnz']:,} build {r['build_s']} s, random_walk {r['random_walk_s']} s "
-              f"({r['ms_per_step']} ms/step), peak RSS +{r['peak_rss_mib']} MiB "
-              f"(dense fp32 HWxHW would be {r['dense_fp32_gib']} GiB)", flush=True)
+        print(
+            f"{s}x{s}: P={r['offsets']} planes={r['planes']} steps={r['n_steps']} threads={r['threads']} "
+            f"nnz={r['nnz']:,} build {r['build_s']} s, random_walk {r['random_walk_s']} s "
+            f"({r['ms_per_step']} ms/step), peak RSS +{r['peak_rss_mib']} MiB "
+            f"(dense fp32 HWxHW would be {r['dense_fp32_gib']} GiB)",
+            flush=True,
+        )
     if a.json:
         print(json.dumps(rows))
 

@@ -37,13 +37,19 @@ OUT = REPO / "results" / "benchmarks"
 
 def bench_rerun(configfile: str) -> dict:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    dry = subprocess.run(["snakemake", "-n", "--cores", "2", "--configfile", configfile], cwd=REPO, env=env,
-                         capture_output=True, text=True)
+    dry = subprocess.run(
+        ["snakemake", "-n", "--cores", "2", "--configfile", configfile],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if "Nothing to be done" not in dry.stdout + dry.stderr:
         return {"config": configfile, "status": "no finished run of this config (run it first)"}
     t0 = time.perf_counter()
-    subprocess.run(["snakemake", "--cores", "2", "--configfile", configfile], cwd=REPO, env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["snakemake", "--cores", "2", "--configfile", configfile], cwd=REPO, env=env, check=True, capture_output=True
+    )
     secs = time.perf_counter() - t0
     return {"config": configfile, "no_change_rerun_s": round(secs, 2), "target_s": 10, "met": secs <= 10}
 
@@ -91,11 +97,15 @@ def bench_crf(n: int = 256) -> dict:
 
     ceiling = _rates(_spin, 32)
     res = _rates(_crf_item, n)
-    return {"images": n, "size": "128x128, 2 classes, 10 iterations",
-            "images_per_s": {str(k): round(v, 1) for k, v in res.items()},
-            "speedup": round(res[max(res)] / res[1], 2), "target_speedup_on_2_cores": 1.8,
-            "cpu_ceiling_speedup": round(ceiling[max(ceiling)] / ceiling[1], 2),
-            "load_average_1min": round(os.getloadavg()[0], 2)}
+    return {
+        "images": n,
+        "size": "128x128, 2 classes, 10 iterations",
+        "images_per_s": {str(k): round(v, 1) for k, v in res.items()},
+        "speedup": round(res[max(res)] / res[1], 2),
+        "target_speedup_on_2_cores": 1.8,
+        "cpu_ceiling_speedup": round(ceiling[max(ceiling)] / ceiling[1], 2),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
 
 
 def bench_miou(n: int = 200) -> dict:
@@ -146,15 +156,27 @@ def bench_cam(n: int = 100) -> dict:
             for x in images:
                 multiscale_cam(net, x, scales=cfg["cams"]["scales"], flip=cfg["cams"]["flip"])
         bare = time.perf_counter() - t0
-    return {"images": n, "stage_s": round(stage, 2), "bare_forward_s": round(bare, 2),
-            "overhead_ratio": round(stage / bare, 2), "target_ratio": 1.5, "met": stage / bare <= 1.5}
+    return {
+        "images": n,
+        "stage_s": round(stage, 2),
+        "bare_forward_s": round(bare, 2),
+        "overhead_ratio": round(stage / bare, 2),
+        "target_ratio": 1.5,
+        "met": stage / bare <= 1.5,
+    }
 
 
 def _timed_snakemake(cwd: Path, configfile: str) -> tuple[float, str]:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     t0 = time.perf_counter()
-    p = subprocess.run(["snakemake", "--cores", "2", "--configfile", configfile], cwd=cwd, env=env, check=True,
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        ["snakemake", "--cores", "2", "--configfile", configfile],
+        cwd=cwd,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return time.perf_counter() - t0, p.stdout + p.stderr
 
 
@@ -184,8 +206,9 @@ def job_times(log: str) -> list[dict]:
             list(started.values())[-1]["wildcards"] = m.group(1)
         elif (m := _FINISHED.match(line)) and m.group(1) in started and stamp:
             job = started.pop(m.group(1))
-            jobs.append({"rule": job["rule"], "wildcards": job["wildcards"],
-                         "seconds": (stamp - job["start"]).total_seconds()})
+            jobs.append(
+                {"rule": job["rule"], "wildcards": job["wildcards"], "seconds": (stamp - job["start"]).total_seconds()}
+            )
     return jobs
 
 
@@ -224,18 +247,24 @@ def bench_e2e(configfile: str, target_s: float | None, keep: bool = False) -> di
                 shutil.rmtree(dest)
             shutil.copytree(work / "results" / name, dest)
     jobs = job_times(log)
-    out = {"config": configfile, "from_scratch_s": round(first, 1), "no_change_rerun_s": round(again, 2),
-           "rerun_target_s": 10, "rerun_met": again <= 10,
-           "per_rule_s": {r: {"jobs": v["jobs"], "seconds": round(v["seconds"], 1)} for r, v in per_rule(jobs).items()},
-           "jobs": [{**j, "seconds": round(j["seconds"], 1)} for j in jobs]}
+    out = {
+        "config": configfile,
+        "from_scratch_s": round(first, 1),
+        "no_change_rerun_s": round(again, 2),
+        "rerun_target_s": 10,
+        "rerun_met": again <= 10,
+        "per_rule_s": {r: {"jobs": v["jobs"], "seconds": round(v["seconds"], 1)} for r, v in per_rule(jobs).items()},
+        "jobs": [{**j, "seconds": round(j["seconds"], 1)} for j in jobs],
+    }
     if target_s:
         out.update(target_s=target_s, met=first <= target_s)
     return out
 
 
 def bench_rw() -> dict:
-    p = subprocess.run([sys.executable, str(REPO / "benchmarks/random_walk.py"), "--json"], capture_output=True,
-                       text=True, check=True)
+    p = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/random_walk.py"), "--json"], capture_output=True, text=True, check=True
+    )
     rows = json.loads(p.stdout.strip().splitlines()[-1])
     return {"rows": rows, "target": "512x512 within 4 GiB"}
 
@@ -254,30 +283,48 @@ TARGETS = [
 
 
 def write_doc() -> Path:
-    lines = ["# Performance", "",
-             "Generated by `python benchmarks/run_all.py --doc` from `results/benchmarks/*.json` (never typed in).",
-             "Machine: the project's 2-core, 24 GiB CPU machine unless the JSON says otherwise.", "",
-             "| figure | value | target |", "|---|---|---|"]
+    lines = [
+        "# Performance",
+        "",
+        "Generated by `python benchmarks/run_all.py --doc` from `results/benchmarks/*.json` (never typed in).",
+        "Machine: the project's 2-core, 24 GiB CPU machine unless the JSON says otherwise.",
+        "",
+        "| figure | value | target |",
+        "|---|---|---|",
+    ]
     for name, label, key, target in TARGETS:
         f = OUT / f"{name}.json"
         value = json.loads(f.read_text()).get(key, "—") if f.is_file() else "not measured"
         lines.append(f"| {label} | {value} | {target} |")
     rw = OUT / "rw.json"
     if rw.is_file():
-        lines += ["", "Random walk (radius 5, 256 steps, one thread; target: 512² within 4 GiB):", "",
-                  "| size | walk s (incl. build) | peak RSS MiB | dense fp32 HW×HW would need GiB |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "Random walk (radius 5, 256 steps, one thread; target: 512² within 4 GiB):",
+            "",
+            "| size | walk s (incl. build) | peak RSS MiB | dense fp32 HW×HW would need GiB |",
+            "|---|---|---|---|",
+        ]
         for r in json.loads(rw.read_text())["rows"]:
             lines.append(f"| {r['size']}² | {r['random_walk_s']} | {r['peak_rss_mib']} | {r['dense_fp32_gib']} |")
     for name in ("e2e_default", "e2e_smoke"):
         f = OUT / f"{name}.json"
         rules = json.loads(f.read_text()).get("per_rule_s") if f.is_file() else None
         if rules:
-            lines += ["", f"Where the time goes ({name}; per rule, summed over its jobs; jobs overlap only where a rule uses fewer "
-                      "than all cores):", "",
-                      "| rule | jobs | seconds |", "|---|---|---|"]
+            lines += [
+                "",
+                f"Where the time goes ({name}; per rule, summed over its jobs; jobs overlap only where a rule uses fewer "
+                "than all cores):",
+                "",
+                "| rule | jobs | seconds |",
+                "|---|---|---|",
+            ]
             total = sum(v["seconds"] for v in rules.values())
-            lines += [f"| {r} | {v['jobs']} | {v['seconds']} |"
-                      for r, v in sorted(rules.items(), key=lambda kv: -kv[1]["seconds"]) if r != "all"]
+            lines += [
+                f"| {r} | {v['jobs']} | {v['seconds']} |"
+                for r, v in sorted(rules.items(), key=lambda kv: -kv[1]["seconds"])
+                if r != "all"
+            ]
             lines.append(f"| sum of job times | | {round(total, 1)} |")
     path = REPO / "docs" / "performance.md"
     from wsss.io import write_text
@@ -291,12 +338,21 @@ def main() -> int:
     p.add_argument("--config", default="config/config.yaml")
     p.add_argument("--only", default="rerun,crf,miou,cam,e2e_smoke,rw")
     p.add_argument("--doc", action="store_true", help="render docs/performance.md from the JSON files")
-    p.add_argument("--keep", action="store_true",
-                   help="e2e_*: copy the timed run's results/<name> back into this checkout (replacing it)")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="e2e_*: copy the timed run's results/<name> back into this checkout (replacing it)",
+    )
     a = p.parse_args()
-    benches = {"rerun": lambda: bench_rerun(a.config), "crf": bench_crf, "miou": bench_miou, "cam": bench_cam,
-               "e2e_smoke": lambda: bench_e2e("config/smoke.yaml", None, a.keep),
-               "e2e_default": lambda: bench_e2e("config/config.yaml", 1200, a.keep), "rw": bench_rw}
+    benches = {
+        "rerun": lambda: bench_rerun(a.config),
+        "crf": bench_crf,
+        "miou": bench_miou,
+        "cam": bench_cam,
+        "e2e_smoke": lambda: bench_e2e("config/smoke.yaml", None, a.keep),
+        "e2e_default": lambda: bench_e2e("config/config.yaml", 1200, a.keep),
+        "rw": bench_rw,
+    }
     for name in filter(None, a.only.split(",")):
         result = benches[name]()
         write_json(OUT / f"{name}.json", result)

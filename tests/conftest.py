@@ -39,7 +39,9 @@ def copy_workflow(dst: Path) -> Path:
 def run(cmd, cwd, check=True, timeout=900) -> subprocess.CompletedProcess:
     p = subprocess.run(cmd, cwd=cwd, env=env_with_venv(), capture_output=True, text=True, timeout=timeout)
     if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}"
+        )
     return p
 
 

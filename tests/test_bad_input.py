@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import BIN, copy_workflow, run
 from PIL import Image
 
 from wsss import cli, config
 from wsss.data import synthetic
-
-from conftest import BIN, copy_workflow, run
 
 TINY = {
     "name": "tiny",
@@ -54,12 +53,49 @@ def base(tmp_path_factory):
     synthetic.generate(root, config.validate(TINY)["data"]["synthetic"])
     cfg = write_cfg(work / "tiny.yaml", TINY)
     ck = work / "models" / "checkpoint.pt"
-    assert cli.main(["train_supportnet", "--config", str(cfg), "--threads", "1", "--data", str(root),
-                     "--ckpt", str(ck), "--metrics", str(work / "m.json"), "--plot", str(work / "p.json"),
-                     "--state", str(work / "state.pt")]) == 0
+    assert (
+        cli.main(
+            [
+                "train_supportnet",
+                "--config",
+                str(cfg),
+                "--threads",
+                "1",
+                "--data",
+                str(root),
+                "--ckpt",
+                str(ck),
+                "--metrics",
+                str(work / "m.json"),
+                "--plot",
+                str(work / "p.json"),
+                "--state",
+                str(work / "state.pt"),
+            ]
+        )
+        == 0
+    )
     cams = work / "cams"
-    assert cli.main(["extract_cams", "--config", str(cfg), "--threads", "1", "--net", "supportnet", "--ckpt", str(ck),
-                     "--data", str(root), "--cams", str(cams)]) == 0
+    assert (
+        cli.main(
+            [
+                "extract_cams",
+                "--config",
+                str(cfg),
+                "--threads",
+                "1",
+                "--net",
+                "supportnet",
+                "--ckpt",
+                str(ck),
+                "--data",
+                str(root),
+                "--cams",
+                str(cams),
+            ]
+        )
+        == 0
+    )
     return {"work": work, "root": root, "cfg": cfg, "ck": ck, "cams": cams}
 
 
@@ -78,21 +114,69 @@ def first_id(root: Path, split: str = "train") -> str:
 
 
 def extract(base, root, out, capsys):
-    return wsss(["extract_cams", "--config", base["cfg"], "--net", "supportnet", "--ckpt", base["ck"], "--data", root,
-                 "--cams", out], capsys)
+    return wsss(
+        [
+            "extract_cams",
+            "--config",
+            base["cfg"],
+            "--net",
+            "supportnet",
+            "--ckpt",
+            base["ck"],
+            "--data",
+            root,
+            "--cams",
+            out,
+        ],
+        capsys,
+    )
 
 
 def eval_cams(base, root, cams, tmp, capsys):
     out, curve = tmp / "metrics" / "cam.json", tmp / "metrics" / "curve.json"
-    rc, err = wsss(["eval_cams", "--config", base["cfg"], "--net", "supportnet", "--cams", cams, "--data", root,
-                    "--metrics", out, "--curve", curve], capsys)
+    rc, err = wsss(
+        [
+            "eval_cams",
+            "--config",
+            base["cfg"],
+            "--net",
+            "supportnet",
+            "--cams",
+            cams,
+            "--data",
+            root,
+            "--metrics",
+            out,
+            "--curve",
+            curve,
+        ],
+        capsys,
+    )
     return rc, err, [out, curve]
 
 
 def crf(base, root, cams, tmp, capsys, threads=1):
     out, m = tmp / "pseudo", tmp / "metrics" / "crf.json"
-    rc, err = wsss(["crf", "--config", base["cfg"], "--threads", threads, "--net", "supportnet", "--cams", cams,
-                    "--data", root, "--pseudo", out, "--metrics", m], capsys)
+    rc, err = wsss(
+        [
+            "crf",
+            "--config",
+            base["cfg"],
+            "--threads",
+            threads,
+            "--net",
+            "supportnet",
+            "--cams",
+            cams,
+            "--data",
+            root,
+            "--pseudo",
+            out,
+            "--metrics",
+            m,
+        ],
+        capsys,
+    )
     return rc, err, [out, m]
 
 
@@ -124,8 +208,24 @@ def test_corrupt_jpeg_train_cam(base, data, capsys):
     root, _, tmp = data
     bad = _corrupt(root)
     ck = tmp / "models" / "ck.pt"
-    rc, err = wsss(["train_supportnet", "--config", base["cfg"], "--data", root, "--ckpt", ck,
-                    "--metrics", tmp / "m.json", "--plot", tmp / "p.json", "--state", tmp / "state.pt"], capsys)
+    rc, err = wsss(
+        [
+            "train_supportnet",
+            "--config",
+            base["cfg"],
+            "--data",
+            root,
+            "--ckpt",
+            ck,
+            "--metrics",
+            tmp / "m.json",
+            "--plot",
+            tmp / "p.json",
+            "--state",
+            tmp / "state.pt",
+        ],
+        capsys,
+    )
     assert rc != 0
     assert str(bad) in err and "replace the file" in err
     assert_clean([ck, tmp / "m.json", tmp / "p.json"], tmp)
@@ -226,8 +326,9 @@ def test_unknown_key_snakemake_dry_run(tmp_path):
     cfg = copy.deepcopy(TINY)
     cfg["supportnet"]["train"]["epochz"] = 3
     write_cfg(work / "config" / "bad.yaml", cfg)
-    p = run([BIN / "snakemake", "-n", "--cores", "1", "--configfile", "config/bad.yaml"], cwd=work, check=False,
-            timeout=300)
+    p = run(
+        [BIN / "snakemake", "-n", "--cores", "1", "--configfile", "config/bad.yaml"], cwd=work, check=False, timeout=300
+    )
     out = p.stdout + p.stderr
     assert p.returncode != 0
     # our validator runs first: the message names the file and the dotted key, and lists the allowed keys
@@ -268,8 +369,24 @@ def test_missing_pretrained_weights_offline(base, data, capsys, monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     bad = _bad_cfg(tmp, lambda c: c["supportnet"].update(backbone={"name": "resnet18", "pretrained": True}))
     ck = tmp / "models" / "ck.pt"
-    rc, err = wsss(["train_supportnet", "--config", bad, "--data", root, "--ckpt", ck,
-                    "--metrics", tmp / "m.json", "--plot", tmp / "p.json", "--state", tmp / "state.pt"], capsys)
+    rc, err = wsss(
+        [
+            "train_supportnet",
+            "--config",
+            bad,
+            "--data",
+            root,
+            "--ckpt",
+            ck,
+            "--metrics",
+            tmp / "m.json",
+            "--plot",
+            tmp / "p.json",
+            "--state",
+            tmp / "state.pt",
+        ],
+        capsys,
+    )
     assert rc != 0
     assert "resnet18-f37072fd.pth" in err and "$TORCH_HOME/hub/checkpoints/" in err
     assert str(torch_home / "hub" / "checkpoints") in err and "pretrained=False" in err

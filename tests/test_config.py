@@ -34,9 +34,14 @@ def test_every_object_rejects_unknown_keys():
     """Sections forbid unknown keys; maps (e.g. data.voc.urls) restrict their key names."""
     schema = config.load_schema()
     objects = [(k, config._resolve_ref(s, schema)) for k, s in _walk(schema, schema) if s.get("type") == "object"]
-    loose = [k for k, s in objects
-             if not (s.get("additionalProperties") is False
-                     or (isinstance(s.get("additionalProperties"), dict) and "propertyNames" in s))]
+    loose = [
+        k
+        for k, s in objects
+        if not (
+            s.get("additionalProperties") is False
+            or (isinstance(s.get("additionalProperties"), dict) and "propertyNames" in s)
+        )
+    ]
     assert len(objects) > 10 and loose == []
     with pytest.raises(WsssInputError, match="data.voc.urls"):
         config.validate({"data": {"voc": {"urls": {"voc2013": ["http://x"]}}}})
@@ -63,8 +68,22 @@ def test_the_schema_ships_inside_the_package(tmp_path):
 
     assert config.SCHEMA_PATH == Path(config.__file__).resolve().with_name("config.schema.yaml")
     assert config.SCHEMA_PATH.is_file()
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path), str(REPO)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+    )
     wheel = next(tmp_path.glob("wsss-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "wsss/config.schema.yaml" in names and "wsss/registry.py" in names
@@ -78,8 +97,13 @@ def test_the_schema_ships_inside_the_package(tmp_path):
         ({"segment": {"train": {"lr": -0.1}}}, "segment.train.lr"),
         ({"cams": {"scales": []}}, "cams.scales"),
         ({"mainnet": {"variants": ["baseline"], "final_variant": "rcm_mam"}}, "mainnet.final_variant"),
-        ({"refine": {"crf_nets": ["mainnet_rcm"]}, "mainnet": {"variants": ["baseline"], "final_variant": "baseline"}},
-         "refine.crf_nets"),
+        (
+            {
+                "refine": {"crf_nets": ["mainnet_rcm"]},
+                "mainnet": {"variants": ["baseline"], "final_variant": "baseline"},
+            },
+            "refine.crf_nets",
+        ),
     ],
 )
 def test_bad_values_fail_naming_the_key(bad, key):
@@ -110,8 +134,10 @@ def test_snakemake_validate_uses_the_same_schema():
 
 
 @settings(max_examples=40, deadline=None)
-@given(lr=st.floats(allow_nan=False, allow_infinity=False, min_value=-10, max_value=10),
-       epochs=st.integers(min_value=-3, max_value=50))
+@given(
+    lr=st.floats(allow_nan=False, allow_infinity=False, min_value=-10, max_value=10),
+    epochs=st.integers(min_value=-3, max_value=50),
+)
 def test_validation_accepts_exactly_the_legal_values(lr, epochs):
     raw = {"supportnet": {"train": {"lr": lr, "epochs": epochs}}}
     legal = lr > 0 and epochs >= 1
@@ -122,13 +148,20 @@ def test_validation_accepts_exactly_the_legal_values(lr, epochs):
             config.validate(raw)
 
 
-@pytest.mark.parametrize("bad, key", [
-    ({"refine": {"random_walk": {"nets": ["mainnet_rcm"]}}}, "mainnet_rcm.*not in refine.crf_nets"),
-    ({"mainnet": {"variants": ["baseline"], "final_variant": "baseline"},
-      "refine": {"crf_nets": ["mainnet_baseline"], "random_walk": {"nets": ["mainnet_mam"]}}},
-     "random_walk.nets names 'mainnet_mam', which is not trained"),
-    ({"segment": {"pseudo_labels": "rw"}}, "segment.pseudo_labels is rw.*not in refine.random_walk.nets"),
-])
+@pytest.mark.parametrize(
+    "bad, key",
+    [
+        ({"refine": {"random_walk": {"nets": ["mainnet_rcm"]}}}, "mainnet_rcm.*not in refine.crf_nets"),
+        (
+            {
+                "mainnet": {"variants": ["baseline"], "final_variant": "baseline"},
+                "refine": {"crf_nets": ["mainnet_baseline"], "random_walk": {"nets": ["mainnet_mam"]}},
+            },
+            "random_walk.nets names 'mainnet_mam', which is not trained",
+        ),
+        ({"segment": {"pseudo_labels": "rw"}}, "segment.pseudo_labels is rw.*not in refine.random_walk.nets"),
+    ],
+)
 def test_random_walk_consistency(bad, key):
     with pytest.raises(WsssInputError, match=key):
         config.validate(bad, source="x.yaml")

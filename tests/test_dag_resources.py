@@ -6,8 +6,10 @@ from conftest import BIN, REPO, run
 
 
 def _dry(*extra) -> str:
-    p = run([BIN / "snakemake", "-n", "-p", "--cores", "2", "--configfile", "config/smoke.yaml", "--forceall", *extra],
-            cwd=REPO)
+    p = run(
+        [BIN / "snakemake", "-n", "-p", "--cores", "2", "--configfile", "config/smoke.yaml", "--forceall", *extra],
+        cwd=REPO,
+    )
     return p.stdout + p.stderr
 
 
@@ -28,6 +30,9 @@ def test_more_than_one_gpu_launches_torchrun_with_one_process_per_gpu():
     out = _dry("--set-resources", "train_supportnet:gpu=4", "extract_cams:gpu=2")
     assert _shell(out, "train_supportnet").startswith(
         "torchrun --standalone --nproc_per_node 4 -m wsss.cli -- train_supportnet --params "
-        "results/smoke/params/train_supportnet.json")
-    assert _shell(out, "extract_cams").startswith("torchrun --standalone --nproc_per_node 2 -m wsss.cli -- extract_cams")
+        "results/smoke/params/train_supportnet.json"
+    )
+    assert _shell(out, "extract_cams").startswith(
+        "torchrun --standalone --nproc_per_node 2 -m wsss.cli -- extract_cams"
+    )
     assert _shell(out, "train_mainnet").startswith("wsss train_mainnet")  # untouched rules stay on one process

@@ -3,14 +3,13 @@
 The 2-process runs are real process groups (torch.multiprocessing spawn, MASTER_ADDR=127.0.0.1 on a free port)
 running the real stages: SupportNet training (BatchNorm synchronised by the default ``batchnorm: sync``), a
 MainNet rcm_mam training (batch prototypes and the MAM/RCM normalisers gathered over processes), and CAM
-extraction sharded over the processes; a state file written by 2 processes resumes on 1; and the command a
+extraction sharded over the processes; and the command a
 Snakemake rule runs (``registry.launch_prefix(2)``, i.e. torchrun) writes the same CAMs.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import subprocess
@@ -20,7 +19,6 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
-
 from conftest import env_with_venv, run_stage
 
 from wsss import config, registry
@@ -33,14 +31,18 @@ from wsss.io import WsssInputError
 # float32 their weights differ by rounding amplified over the steps (1.9e-7 to 1.6e-5 relative, depending on the
 # CPU's kernels); in float64 the same rounding is ~1e-16 per operation and the difference falls to ~1e-13
 # (measured, see _TOL), while a real process-count dependence (e.g. per-process BN) moves weights by ~10 %.
-TINY = {"data": {"synthetic": {"n_train": 16, "n_val": 4, "size_min": 48, "size_max": 56}},
-        "supportnet": {"backbone": {"widths": [8, 8, 16, 16]},
-                       "train": {"epochs": 2, "batch_size": 8, "crop": 48, "optimizer": "sgd", "lr": 0.05,
-                                 "dtype": "float64"}},
-        "mainnet": {"train": {"epochs": 1, "batch_size": 8, "crop": 48, "optimizer": "sgd", "lr": 0.05,
-                              "dtype": "float64"},
-                    "mam": {"scales": [0.5, 1.0]}},
-        "cams": {"scales": [0.5, 1.0], "flip": True}}
+TINY = {
+    "data": {"synthetic": {"n_train": 16, "n_val": 4, "size_min": 48, "size_max": 56}},
+    "supportnet": {
+        "backbone": {"widths": [8, 8, 16, 16]},
+        "train": {"epochs": 2, "batch_size": 8, "crop": 48, "optimizer": "sgd", "lr": 0.05, "dtype": "float64"},
+    },
+    "mainnet": {
+        "train": {"epochs": 1, "batch_size": 8, "crop": 48, "optimizer": "sgd", "lr": 0.05, "dtype": "float64"},
+        "mam": {"scales": [0.5, 1.0]},
+    },
+    "cams": {"scales": [0.5, 1.0], "flip": True},
+}
 # The bound: float64's unit roundoff (1.1e-16) times the amplification float32 showed on the worst machine seen
 # (1.6e-5 / 6e-8 = 270), times a 10^4 margin for other CPUs' kernels: 3e-10. A 1-process/2-process bug is 10^8 larger.
 _TOL = 1.1e-16 * 270 * 1e4
@@ -55,8 +57,13 @@ def _free_port() -> int:
 def _pipeline(cfg: dict, root, out, cam_ckpt) -> None:
     """SupportNet, MainNet (rcm_mam) and the CAMs of ``cam_ckpt`` on the train split, into ``out``."""
     for net in ("supportnet", "mainnet_rcm_mam"):
-        paths = dict(data=root, ckpt=out / f"{net}.pt", metrics=out / f"{net}.json", plot=out / f"{net}.plot.json",
-                     state=out / "state" / f"{net}.pt")
+        paths = dict(
+            data=root,
+            ckpt=out / f"{net}.pt",
+            metrics=out / f"{net}.json",
+            plot=out / f"{net}.plot.json",
+            state=out / "state" / f"{net}.pt",
+        )
         if net == "supportnet":
             run_stage("train_supportnet", cfg, seed=0, **paths)
         else:
@@ -65,8 +72,14 @@ def _pipeline(cfg: dict, root, out, cam_ckpt) -> None:
 
 
 def _worker(rank: int, world: int, port: int, cfg: dict, root, out, cam_ckpt) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world), WSSS_DEVICE="cpu")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        WSSS_DEVICE="cpu",
+    )
     torch.set_num_threads(1)
     assert dist.init()
     try:
@@ -87,8 +100,9 @@ def runs(tmp_path_factory):
         mpatch.setenv("WSSS_DEVICE", "cpu")
         _pipeline(cfg, root, base / "p1", base / "p1" / "supportnet.pt")  # one process, no process group
     # both extract CAMs from the same (1-process) checkpoint: the test is about inference
-    mp.spawn(_worker, args=(2, _free_port(), cfg, root, base / "p2", base / "p1" / "supportnet.pt"), nprocs=2,
-             join=True)
+    mp.spawn(
+        _worker, args=(2, _free_port(), cfg, root, base / "p2", base / "p1" / "supportnet.pt"), nprocs=2, join=True
+    )
     return base / "p1", base / "p2"
 
 
@@ -103,6 +117,7 @@ def _max_diff(a: dict, b: dict) -> tuple[float, float]:
     return diff, diff / scale
 
 
+@pytest.mark.slow  # real process groups: `make test-all`
 @pytest.mark.parametrize("net", ["supportnet", "mainnet_rcm_mam"])
 def test_weights_do_not_depend_on_the_process_count(runs, net):
     p1, p2 = runs
@@ -120,6 +135,7 @@ def test_weights_do_not_depend_on_the_process_count(runs, net):
             assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-6), (net, k)
 
 
+@pytest.mark.slow
 def test_cams_do_not_depend_on_the_process_count(runs):
     p1, p2 = runs
     f1 = sorted(p.name for p in (p1 / "cams").iterdir())
@@ -132,15 +148,29 @@ def test_cams_do_not_depend_on_the_process_count(runs):
             assert np.array_equal(a["cam"], b["cam"]), name
 
 
+@pytest.mark.slow
 def test_cli_under_torchrun_writes_the_same_cams(runs, tmp_path):
     """The command a Snakemake rule runs (``registry.launch_prefix(2)`` + stage + options, ``--log`` included)."""
     p1, _ = runs
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump(TINY))
     cmd = registry.launch_prefix(2).split() + [
-        "extract_cams", "--config", str(cfg_file), "--seed", "0", "--net", "supportnet",
-        "--ckpt", str(p1 / "supportnet.pt"), "--data", str(p1.parent / "VOC2012"), "--cams", str(tmp_path / "cams"),
-        "--log", str(tmp_path / "log.txt")]
+        "extract_cams",
+        "--config",
+        str(cfg_file),
+        "--seed",
+        "0",
+        "--net",
+        "supportnet",
+        "--ckpt",
+        str(p1 / "supportnet.pt"),
+        "--data",
+        str(p1.parent / "VOC2012"),
+        "--cams",
+        str(tmp_path / "cams"),
+        "--log",
+        str(tmp_path / "log.txt"),
+    ]
     env = env_with_venv()
     env.update(WSSS_DEVICE="cpu", OMP_NUM_THREADS="1")
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -153,56 +183,22 @@ def test_cli_under_torchrun_writes_the_same_cams(runs, tmp_path):
             assert np.array_equal(a["cam"], b["cam"]) and np.array_equal(a["keys"], b["keys"]), name
 
 
-def _train_supportnet(cfg: dict, root, out) -> None:
-    run_stage("train_supportnet", cfg, seed=0, data=root, ckpt=out / "supportnet.pt", metrics=out / "supportnet.json",
-              plot=out / "p.json", state=out / "state" / "supportnet.pt")
-
-
-def _interrupted_worker(rank: int, world: int, port: int, cfg: dict, root, out) -> None:
-    """SupportNet training on ``world`` processes, stopped after its first epoch as a kill would stop it."""
-    real_fit = trainer.fit
-
-    def failing_fit(state, *, epochs, **kw):
-        real_fit(state, epochs=1, **kw)
-        raise KeyboardInterrupt("simulated kill")
-
-    trainer.fit = failing_fit
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world), WSSS_DEVICE="cpu")
-    torch.set_num_threads(1)
-    dist.init()
-    try:
-        _train_supportnet(cfg, root, out)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        dist.cleanup()
-
-
-def test_a_two_process_run_resumes_on_one_process(runs, monkeypatch, caplog):
-    """The state file does not depend on the process count: 2 processes stop after epoch 1, 1 process resumes."""
-    p1, _ = runs
-    base = p1.parent
-    cfg, root, out = config.validate(TINY), base / "VOC2012", base / "resumed"
-    mp.spawn(_interrupted_worker, args=(2, _free_port(), cfg, root, out), nprocs=2, join=True)
-    assert torch.load(out / "state" / "supportnet.pt", weights_only=False)["epoch"] == 1
-    assert not (out / "supportnet.pt").exists()
-    monkeypatch.setenv("WSSS_DEVICE", "cpu")
-    caplog.set_level(logging.INFO, logger="wsss")
-    _train_supportnet(cfg, root, out)
-    a = torch.load(p1 / "supportnet.pt", weights_only=False)
-    b = torch.load(out / "supportnet.pt", weights_only=False)
-    assert b["epoch"] == 2 and "at epoch 1" in caplog.text  # resumed, not retrained
-    assert _max_diff(a["model"], b["model"])[1] < _TOL
-
-
 def test_global_batch_not_divisible_by_the_process_count_is_refused(tmp_path, monkeypatch):
     cfg = config.validate({"supportnet": {"train": {"batch_size": 3}}})
     monkeypatch.setattr(dist, "world_size", lambda: 2)
     net = torch.nn.Conv2d(3, 2, 1)
     with pytest.raises(WsssInputError, match=r"supportnet\.train\.batch_size = 3 .*divisible.* \(2\)"):
-        trainer.train(net, list(range(8)), cfg["supportnet"]["train"], seed=0, resolved={}, objective=None,
-                      state_path=tmp_path / "s.pt", out=tmp_path / "o.pt", section="supportnet")
+        trainer.train(
+            net,
+            list(range(8)),
+            cfg["supportnet"]["train"],
+            seed=0,
+            resolved={},
+            objective=None,
+            state_path=tmp_path / "s.pt",
+            out=tmp_path / "o.pt",
+            section="supportnet",
+        )
     assert not (tmp_path / "o.pt").exists()
 
 

@@ -141,8 +141,10 @@ def build_archives(root: Path) -> dict:
     with tarfile.open(sbd_tgz, "w:gz") as tar:
         tar.add(root / "stage_sbd" / "benchmark_RELEASE", arcname="benchmark_RELEASE")
     return {
-        "voc_tar": voc_tar, "voc_md5": md5_of(voc_tar),
-        "sbd_tgz": sbd_tgz, "sbd_md5": md5_of(sbd_tgz),
+        "voc_tar": voc_tar,
+        "voc_md5": md5_of(voc_tar),
+        "sbd_tgz": sbd_tgz,
+        "sbd_md5": md5_of(sbd_tgz),
         "sbd_masks": sbd_masks,
     }
 
@@ -311,8 +313,11 @@ def test_corrupt_only_source_raises_and_leaves_nothing(archives, server, tmp_pat
 
 def test_configured_archive_is_used_without_any_request(archives, server, tmp_path):
     out = dl.fetch(
-        voc_spec(archives), tmp_path / "dl", urls=[f"{server.base}/range/{VOC_NAME}"],
-        archive_path=archives["voc_tar"], timeout=5,
+        voc_spec(archives),
+        tmp_path / "dl",
+        urls=[f"{server.base}/range/{VOC_NAME}"],
+        archive_path=archives["voc_tar"],
+        timeout=5,
     )
     assert out == archives["voc_tar"]
     assert server.requests == []

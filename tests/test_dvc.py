@@ -6,13 +6,15 @@ import shutil
 
 import pytest
 import yaml
-
 from conftest import BIN, REPO, copy_workflow, run
 
 
 def test_committed_dvc_yaml_matches_the_snakemake_dag():
-    p = run([BIN / "wsss-dvc-yaml", "--configfile", "config/config.yaml", "--out", "dvc.yaml", "--check"],
-            cwd=REPO, check=False)
+    p = run(
+        [BIN / "wsss-dvc-yaml", "--configfile", "config/config.yaml", "--out", "dvc.yaml", "--check"],
+        cwd=REPO,
+        check=False,
+    )
     assert p.returncode == 0, p.stderr
 
 
@@ -27,8 +29,12 @@ def test_generated_stages_mirror_snakemake_jobs():
     assert crf["cmd"].startswith("wsss crf --params results/default/params/crf.json --threads 0 ")
     params = crf["params"][0]["config/config.yaml"]
     assert "refine.crf" in params and "refine.calibrate_background" in params and "refine.random_walk" not in params
-    assert {"results/default/seed0/cams/supportnet", "results/default/params/crf.json", "src/wsss/refine/crf.py",
-            "src/wsss/stages/crf.py"} <= set(crf["deps"])
+    assert {
+        "results/default/seed0/cams/supportnet",
+        "results/default/params/crf.json",
+        "src/wsss/refine/crf.py",
+        "src/wsss/stages/crf.py",
+    } <= set(crf["deps"])
     assert "src/wsss/engine/trainer.py" not in crf["deps"]  # the CRF stage does not import the training loop
     assert crf["metrics"] == ["results/default/seed0/metrics/pseudo_supportnet_crf.json"]  # cached: DVC compares
     # the config stage validates and writes every slice, first; its outputs persist through a failed validation
@@ -39,8 +45,12 @@ def test_generated_stages_mirror_snakemake_jobs():
     slices = {next(iter(o)) for o in first["outs"]}
     assert all(any(d in slices for d in s["deps"]) for n, s in stages.items() if n != "config")
     # no out is declared twice and none lies inside another (DVC rejects overlapping outs)
-    outs = [o if isinstance(o, str) else next(iter(o)) for s in stages.values()
-            for k in ("outs", "metrics", "plots") for o in s.get(k, [])]
+    outs = [
+        o if isinstance(o, str) else next(iter(o))
+        for s in stages.values()
+        for k in ("outs", "metrics", "plots")
+        for o in s.get(k, [])
+    ]
     assert len(outs) == len(set(outs))
     assert not [(a, b) for a in outs for b in outs if a != b and b.startswith(a + "/")]
 
@@ -67,17 +77,26 @@ def test_dvc_records_the_run_and_compares_experiments(tmp_path, smoke_run):
     _git(work, "commit", "-qm", "smoke")
     before = json.loads((work / "results/smoke/seed0/metrics/train_supportnet.json").read_text())
 
-    p = run([BIN / "dvc", "exp", "run", "-n", "crf3", "-S", "config/smoke.yaml:refine.crf.n_iter=3"], cwd=work,
-            timeout=1200)
+    p = run(
+        [BIN / "dvc", "exp", "run", "-n", "crf3", "-S", "config/smoke.yaml:refine.crf.n_iter=3"], cwd=work, timeout=1200
+    )
     ran = set(re.findall(r"Running stage '([\w]+)'", p.stdout + p.stderr))
     # the CRF labels feed the affinity net and the walk (smoke: label_source crf); DeepLab re-runs only if the
     # walk's labels changed (DVC compares content, not times)
-    assert {"config", "crf_supportnet", "crf_mainnet_baseline", "crf_mainnet_rcm_mam", "train_affinity_mainnet_rcm_mam",
-            "random_walk_mainnet_rcm_mam", "report"} <= ran
+    assert {
+        "config",
+        "crf_supportnet",
+        "crf_mainnet_baseline",
+        "crf_mainnet_rcm_mam",
+        "train_affinity_mainnet_rcm_mam",
+        "random_walk_mainnet_rcm_mam",
+        "report",
+    } <= ran
     assert not any(s.startswith(("train_mainnet", "extract_cams", "train_supportnet", "train_seg_gt")) for s in ran)
     assert json.loads((work / "results/smoke/seed0/metrics/train_supportnet.json").read_text()) == before
-    p = run([BIN / "dvc", "exp", "run", "-n", "title", "-S", "config/smoke.yaml:report.title=other"], cwd=work,
-            timeout=600)
+    p = run(
+        [BIN / "dvc", "exp", "run", "-n", "title", "-S", "config/smoke.yaml:report.title=other"], cwd=work, timeout=600
+    )
     assert set(re.findall(r"Running stage '([\w]+)'", p.stdout + p.stderr)) == {"config", "report"}
 
     shown = json.loads(run([BIN / "dvc", "exp", "show", "--json"], cwd=work).stdout)

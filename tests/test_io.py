@@ -27,11 +27,18 @@ def test_atomic_path_keeps_nothing_on_failure(tmp_path):
 
 def test_a_later_writer_sweeps_the_temp_file_a_sigkilled_writer_left(tmp_path):
     target = tmp_path / "m.json"
-    killed = subprocess.run([sys.executable, "-c", (
-        "import os, signal, sys; from wsss import io\n"
-        f"with io.atomic_path({str(target)!r}) as tmp:\n"
-        "    tmp.write_text('half')\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n")])
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import os, signal, sys; from wsss import io\n"
+                f"with io.atomic_path({str(target)!r}) as tmp:\n"
+                "    tmp.write_text('half')\n"
+                "    os.kill(os.getpid(), signal.SIGKILL)\n"
+            ),
+        ]
+    )
     assert killed.returncode == -signal.SIGKILL
     leftovers = [p.name for p in tmp_path.iterdir()]
     assert len(leftovers) == 1 and leftovers[0].startswith(".m.json.") and leftovers[0].endswith(".tmp.json")
@@ -42,8 +49,9 @@ def test_a_later_writer_sweeps_the_temp_file_a_sigkilled_writer_left(tmp_path):
     other = tmp_path / ".n.json.abc.tmp.json"  # another target's temp file: not ours to delete
     other.write_text("y")
     os.utime(other, (1, 1))
-    subprocess.run([sys.executable, "-c", f"from wsss import io; io.write_json({str(target)!r}, {{'a': 1}})"],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-c", f"from wsss import io; io.write_json({str(target)!r}, {{'a': 1}})"], check=True
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.json", live.name, other.name])
     # in this process (one scan per folder, cached): an old leftover of a PNG target goes on its first write
     sub = tmp_path / "labels"

@@ -14,6 +14,7 @@ def _seed():
 
 # ---------------------------------------------------------------- classification
 
+
 def test_multilabel_loss_matches_torch():
     logits = torch.randn(5, 20)
     labels = (torch.rand(5, 20) > 0.7).long()
@@ -23,12 +24,17 @@ def test_multilabel_loss_matches_torch():
 
 # ---------------------------------------------------------------- RCM
 
+
 def test_region_labels_hand_checked():
     # 1 image, 3 classes, 1x5 pixels; class 1 absent (its high values must be ignored)
     cam = torch.tensor(
-        [[[[0.9, 0.1, 0.3, 0.6, 0.05]],   # class 0
-          [[0.0, 0.0, 0.0, 0.9, 0.99]],   # class 1 (absent)
-          [[0.2, 0.15, 0.1, 0.7, 0.0]]]]  # class 2
+        [
+            [
+                [[0.9, 0.1, 0.3, 0.6, 0.05]],  # class 0
+                [[0.0, 0.0, 0.0, 0.9, 0.99]],  # class 1 (absent)
+                [[0.2, 0.15, 0.1, 0.7, 0.0]],
+            ]
+        ]  # class 2
     )
     labels = torch.tensor([[1, 0, 1]])
     r = region_labels(cam, labels, fg_threshold=0.5, bg_threshold=0.2)
@@ -171,6 +177,7 @@ def test_prototype_memory():
 
 # ---------------------------------------------------------------- MAM
 
+
 def test_fuse_multiscale_hand_checked():
     a = torch.tensor([[[[0.2, 1.0], [0.0, 0.5]]]])
     b = torch.tensor([[[[0.6, 0.4], [0.0, 1.0]]]])
@@ -212,9 +219,9 @@ def test_mam_gradient_one_sided_and_absent_classes(measure):
     assert loss.item() > 0
     (g,) = torch.autograd.grad(loss, m)
     g0 = g[0, 0, 0]
-    assert g0[0] < 0 and g0[1] < 0          # target higher -> pushed up (also from exactly 0)
-    assert g0[2] == 0 and g0[3] == 0        # MainNet already higher -> untouched (one-sided)
-    assert torch.all(g[0, 1] == 0)          # absent class -> no gradient
+    assert g0[0] < 0 and g0[1] < 0  # target higher -> pushed up (also from exactly 0)
+    assert g0[2] == 0 and g0[3] == 0  # MainNet already higher -> untouched (one-sided)
+    assert torch.all(g[0, 1] == 0)  # absent class -> no gradient
     # two-sided: MainNet higher than the target is pulled down (where the weight is non-zero)
     loss2 = mam_loss([m], t, labels, measure=measure, gate_threshold=0.3, one_sided=False)
     (g2,) = torch.autograd.grad(loss2, m)

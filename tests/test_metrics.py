@@ -169,7 +169,7 @@ def test_threshold_sweep_matches_separate_evaluation():
     thresholds = [0.4, 0.05, 0.15, 0.15, 0.25, 0.9, 0.5]  # unsorted, with a duplicate
     sweep = ThresholdSweep(thresholds)
     per_t = [ConfusionMatrix() for _ in thresholds]
-    for i in range(6):
+    for _i in range(6):
         k = int(rng.integers(0, 4))
         keys = np.sort(rng.choice(np.arange(1, 21), size=k, replace=False))
         cam = rng.random((k, 9, 11)).astype(np.float16)

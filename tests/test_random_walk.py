@@ -73,7 +73,7 @@ def _two_regions(h=10, w=16, split=8, low=1e-3):
     region = torch.zeros(h, w, dtype=torch.long)
     region[:, split:] = 1
     aff = torch.empty(len(offs), h, w)
-    for k, (dy, dx) in enumerate(offs):
+    for k, (_dy, dx) in enumerate(offs):
         xs = torch.arange(w).clamp(max=w - 1)
         xt = (xs + dx).clamp(0, w - 1)
         same = region[0, xs] == region[0, xt]
@@ -100,7 +100,7 @@ def test_rw_label_irn_and_psa_background():
     offs = neighbour_offsets(3)
     region = (torch.arange(w) // 5).expand(h, w)  # three vertical strips
     aff = torch.empty(len(offs), h, w)
-    for k, (dy, dx) in enumerate(offs):
+    for k, (_dy, dx) in enumerate(offs):
         xt = (torch.arange(w) + dx).clamp(0, w - 1)
         aff[k] = torch.where(region[0] == region[0, xt], 1.0, 1e-3).expand(h, w)
     cam = np.zeros((2, h, w), np.float32)
@@ -125,8 +125,15 @@ def test_stage_walk_spreads_a_cam_within_its_affinity_region_only():
             emb[:, :, :, 4:] = 5.0  # right half far from the left in embedding space: affinity exp(-5)
             return emb
 
-    rw = {"image_scale": 1.0, "radius": 3, "beta": 8.0, "n_steps": 64, "bg_mode": "irn", "bg_score": 0.25,
-          "bg_power": 16.0}
+    rw = {
+        "image_scale": 1.0,
+        "radius": 3,
+        "beta": 8.0,
+        "n_steps": 64,
+        "bg_mode": "irn",
+        "bg_score": 0.25,
+        "bg_power": 16.0,
+    }
     image = np.zeros((64, 64, 3), np.uint8)
     cam = np.zeros((1, 64, 64), np.float32)
     cam[0, 24:40, 8:24] = 1.0  # a peak inside the left half
@@ -140,8 +147,10 @@ def test_stage_walk_spreads_a_cam_within_its_affinity_region_only():
     assert (label0[:, :28] == 7).mean() < (label[:, :28] == 7).mean()
     # the CRF of the walked scores keeps the walk's decision on a flat image (the background plane keeps its
     # ratio to the class plane: it must not win where the walk put class 7)
-    refine = {"crf": {"n_iter": 5, "gauss_sxy": 3, "gauss_compat": 3, "bi_sxy": 50, "bi_srgb": 5, "bi_compat": 10},
-              "ignore_confidence": 0.0}
+    refine = {
+        "crf": {"n_iter": 5, "gauss_sxy": 3, "gauss_compat": 3, "bi_sxy": 50, "bi_srgb": 5, "bi_compat": 10},
+        "ignore_confidence": 0.0,
+    }
     label_crf = image_label(TwoRegions(), image, cam, np.array([7]), rw, crf=refine)
     assert (label_crf[:, :28] == 7).mean() > 0.9
     assert (label_crf[:, 36:] == 0).all()

@@ -27,8 +27,13 @@ def test_no_stage_imports_another():
     offenders = []
     for path in sorted(STAGES_DIR.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             offenders += [f"{path.name}: {n}" for n in names if n.startswith("wsss.stages")]
     assert offenders == []
 
@@ -48,8 +53,9 @@ def test_run_signature_is_the_declaration(name):
     params = inspect.signature(importlib.import_module(stage.module).run).parameters
     first, *rest = params
     assert first == "cfg"
-    declared = ({*stage.wildcards, *stage.outputs, *stage.scratch, *stage.values, "threads"}
-                | {k for k, f in stage.inputs.items() if isinstance(f, registry.File)})
+    declared = {*stage.wildcards, *stage.outputs, *stage.scratch, *stage.values, "threads"} | {
+        k for k, f in stage.inputs.items() if isinstance(f, registry.File)
+    }
     assert set(rest) == declared
     for k, f in stage.inputs.items():  # an optional input is an optional argument
         if isinstance(f, registry.File):
@@ -104,7 +110,9 @@ def test_a_slice_file_is_a_snapshot_of_the_declared_values(tmp_path):
 
 def test_code_dependencies_are_the_transitive_imports():
     crf = registry.code_modules("wsss.stages.crf")
-    assert {"wsss.stages.crf", "wsss.refine.crf", "wsss.refine.calibration", "wsss.evaluation", "wsss.metrics"} <= set(crf)
+    assert {"wsss.stages.crf", "wsss.refine.crf", "wsss.refine.calibration", "wsss.evaluation", "wsss.metrics"} <= set(
+        crf
+    )
     assert "wsss.engine.trainer" not in crf and "wsss.registry" not in crf  # not imported by the CRF stage
     ss = registry.code_modules("wsss.stages.train_single_stage")
     assert "wsss.losses.label_reassign" in ss and "wsss.losses.rcm" not in ss  # package __init__s import nothing
@@ -125,8 +133,14 @@ def test_relative_imports_count(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "PACKAGE_DIR", pkg)
     registry.code_modules.cache_clear()
     try:
-        assert registry.code_modules("wsss.sub.a") == ("wsss", "wsss.d", "wsss.sub", "wsss.sub.a", "wsss.sub.b",
-                                                       "wsss.sub.c")
+        assert registry.code_modules("wsss.sub.a") == (
+            "wsss",
+            "wsss.d",
+            "wsss.sub",
+            "wsss.sub.a",
+            "wsss.sub.b",
+            "wsss.sub.c",
+        )
     finally:
         registry.code_modules.cache_clear()
 
@@ -196,13 +210,20 @@ def _jobs(cfg: dict) -> set:
 def _combos(stage, cfg: dict) -> list[dict]:
     seeds = [{"seed": s} for s in cfg["seeds"]] if stage.per_seed else [{}]
     values = {
-        "net": {"extract_cams": registry.nets(cfg), "eval_cams": registry.nets(cfg), "crf": cfg["refine"]["crf_nets"],
-                "train_affinity": cfg["refine"]["random_walk"]["nets"],
-                "random_walk": cfg["refine"]["random_walk"]["nets"]}.get(stage.name, []),
-        "variant": (cfg["mainnet"]["variants"] if stage.name == "train_mainnet"
-                    else registry.single_stage_variants(cfg)),
+        "net": {
+            "extract_cams": registry.nets(cfg),
+            "eval_cams": registry.nets(cfg),
+            "crf": cfg["refine"]["crf_nets"],
+            "train_affinity": cfg["refine"]["random_walk"]["nets"],
+            "random_walk": cfg["refine"]["random_walk"]["nets"],
+        }.get(stage.name, []),
+        "variant": (
+            cfg["mainnet"]["variants"] if stage.name == "train_mainnet" else registry.single_stage_variants(cfg)
+        ),
         "source": registry.seg_sources(cfg),
-        "split": [cfg["segment"]["export_split"]] if cfg["segment"]["export_split"] and cfg["segment"]["enabled"] else [],
+        "split": [cfg["segment"]["export_split"]]
+        if cfg["segment"]["export_split"] and cfg["segment"]["enabled"]
+        else [],
         "archive": ["voc2012_trainval", "sbd"] if cfg["data"]["source"] == "voc_sbd" else ["voc2012_trainval"],
     }
     out = seeds
@@ -214,10 +235,22 @@ def _combos(stage, cfg: dict) -> list[dict]:
 
 # keys that shape the DAG (which jobs exist, or where they read and write) rather than what a job computes
 STRUCTURAL = {
-    "name", "seeds", "data.source", "data.voc.extract_dir", "data.voc.extracted_root", "data.voc.sbd_extracted_root",
-    "mainnet.variants", "mainnet.final_variant", "refine.crf_nets", "refine.random_walk.nets",
-    "segment.enabled", "segment.upper_bound", "segment.export_split", "segment.pseudo_labels",
-    "single_stage.enabled", "single_stage.variants",
+    "name",
+    "seeds",
+    "data.source",
+    "data.voc.extract_dir",
+    "data.voc.extracted_root",
+    "data.voc.sbd_extracted_root",
+    "mainnet.variants",
+    "mainnet.final_variant",
+    "refine.crf_nets",
+    "refine.random_walk.nets",
+    "segment.enabled",
+    "segment.upper_bound",
+    "segment.export_split",
+    "segment.pseudo_labels",
+    "single_stage.enabled",
+    "single_stage.variants",
 }
 
 
@@ -260,7 +293,8 @@ def test_every_leaf_key_reruns_exactly_the_jobs_that_read_it():
     voc = config.validate({**raw, "data": {"source": "voc_sbd"}})
     for key in unread:
         assert key.startswith("data.voc.") and any(
-            _reads(registry.STAGES[n], voc, dict(w), key) for n, w in _jobs(voc)), key
+            _reads(registry.STAGES[n], voc, dict(w), key) for n, w in _jobs(voc)
+        ), key
 
 
 def _dag_differs(a: dict, b: dict) -> bool:
@@ -268,9 +302,11 @@ def _dag_differs(a: dict, b: dict) -> bool:
     ja, jb = _jobs(a), _jobs(b)
     if ja != jb or registry.final_targets(a) != registry.final_targets(b):
         return True
-    return any(registry.input_paths(registry.STAGES[s], a, dict(w)) != registry.input_paths(registry.STAGES[s], b, dict(w))
-               or registry.output_templates(registry.STAGES[s], a) != registry.output_templates(registry.STAGES[s], b)
-               for s, w in ja)
+    return any(
+        registry.input_paths(registry.STAGES[s], a, dict(w)) != registry.input_paths(registry.STAGES[s], b, dict(w))
+        or registry.output_templates(registry.STAGES[s], a) != registry.output_templates(registry.STAGES[s], b)
+        for s, w in ja
+    )
 
 
 def _has(raw: dict, key: str) -> bool:
@@ -308,7 +344,9 @@ def test_structural_keys_are_not_stage_keys():
 def test_the_enumerated_jobs_are_snakemakes():
     from wsss import dvcgen
 
-    real = {(j.rule.name, tuple(sorted((k, int(v) if k == "seed" else v) for k, v in j.wildcards_dict.items())))
-            for j in dvcgen.dag_jobs(REPO / "Snakefile", REPO / "config" / "smoke.yaml", REPO)
-            if j.rule.name not in ("all", "config")}
+    real = {
+        (j.rule.name, tuple(sorted((k, int(v) if k == "seed" else v) for k, v in j.wildcards_dict.items())))
+        for j in dvcgen.dag_jobs(REPO / "Snakefile", REPO / "config" / "smoke.yaml", REPO)
+        if j.rule.name not in ("all", "config")
+    }
     assert real == _jobs(smoke())

@@ -35,26 +35,60 @@ def _protocol(split: str) -> dict:
 def write_metrics(e: Path) -> None:
     m = e / "metrics"
     for net, (miou, thr, part, body) in CAM.items():
-        write_json(m / f"train_{net}.json", {
-            "net": net, "final": {"val_map": 0.6, "epochs": 2, "seconds": 1.0},
-            "history": [{"epoch": 1, "loss": 0.9, "loss_cls": 0.7, "loss_rcm": 0.2, "val_map": 0.5},
-                        {"epoch": 2, "loss": 0.6, "loss_cls": 0.5, "loss_rcm": 0.1, "val_map": 0.6}]})
-        write_json(m / f"cam_{net}.json", {
-            "net": net, "protocol": _protocol("train"), "miou": miou, "best_threshold": thr,
-            "curve": [{"threshold": t, "miou": miou - abs(t - thr)} for t in (0.1, 0.2, 0.3, 0.4)],
-            "per_class_iou": {"aeroplane": miou + 0.01, "bicycle": None},
-            "part_recall": part, "body_recall": body, "context_bg_share": 0.1, "other_bg_share": 0.05,
-            "fixed_threshold": 0.15, "miou_fixed_threshold": miou - 0.02})
+        write_json(
+            m / f"train_{net}.json",
+            {
+                "net": net,
+                "final": {"val_map": 0.6, "epochs": 2, "seconds": 1.0},
+                "history": [
+                    {"epoch": 1, "loss": 0.9, "loss_cls": 0.7, "loss_rcm": 0.2, "val_map": 0.5},
+                    {"epoch": 2, "loss": 0.6, "loss_cls": 0.5, "loss_rcm": 0.1, "val_map": 0.6},
+                ],
+            },
+        )
+        write_json(
+            m / f"cam_{net}.json",
+            {
+                "net": net,
+                "protocol": _protocol("train"),
+                "miou": miou,
+                "best_threshold": thr,
+                "curve": [{"threshold": t, "miou": miou - abs(t - thr)} for t in (0.1, 0.2, 0.3, 0.4)],
+                "per_class_iou": {"aeroplane": miou + 0.01, "bicycle": None},
+                "part_recall": part,
+                "body_recall": body,
+                "context_bg_share": 0.1,
+                "other_bg_share": 0.05,
+                "fixed_threshold": 0.15,
+                "miou_fixed_threshold": miou - 0.02,
+            },
+        )
     for net, miou in PSEUDO.items():
-        write_json(m / f"pseudo_{net}_crf.json", {
-            "net": net, "protocol": _protocol("train"), "miou": miou, "per_class_iou": {"aeroplane": miou},
-            "ignore_fraction": 0.2, "precision": 0.9})
+        write_json(
+            m / f"pseudo_{net}_crf.json",
+            {
+                "net": net,
+                "protocol": _protocol("train"),
+                "miou": miou,
+                "per_class_iou": {"aeroplane": miou},
+                "ignore_fraction": 0.2,
+                "precision": 0.9,
+            },
+        )
     for src, (miou, miou_crf) in SEG.items():
-        write_json(m / f"seg_{src}.json", {
-            "source": src, "protocol": _protocol("val"), "miou": miou, "miou_crf": miou_crf,
-            "per_class_iou": {"aeroplane": miou}, "per_class_iou_crf": {"aeroplane": miou_crf},
-            "history": [{"epoch": 1, "loss": 1.0}],
-            "train_labels": "pseudo/mainnet_rcm_mam_crf" if src == "pseudo" else "SegmentationClass"})
+        write_json(
+            m / f"seg_{src}.json",
+            {
+                "source": src,
+                "protocol": _protocol("val"),
+                "miou": miou,
+                "miou_crf": miou_crf,
+                "per_class_iou": {"aeroplane": miou},
+                "per_class_iou_crf": {"aeroplane": miou_crf},
+                "history": [{"epoch": 1, "loss": 1.0}],
+                "train_labels": "pseudo/mainnet_rcm_mam_crf" if src == "pseudo" else "SegmentationClass",
+            },
+        )
 
 
 def write_data(e: Path) -> None:
@@ -74,8 +108,9 @@ def write_data(e: Path) -> None:
             write_label_png(voc / "PartMasks" / f"{i}.png", part)
             if split == "train":
                 for net in NETS:
-                    save_npz(e / "cams" / net / f"{i}.npz", keys=np.array([1]),
-                             cam=rng.random((1, H, W)).astype(np.float16))
+                    save_npz(
+                        e / "cams" / net / f"{i}.npz", keys=np.array([1]), cam=rng.random((1, H, W)).astype(np.float16)
+                    )
                 for net in CRF_NETS:
                     write_label_png(e / "pseudo" / f"{net}_crf" / f"{i}.png", label)
             else:
@@ -94,8 +129,14 @@ def exp(tmp_path: Path) -> Path:
 
 
 def run(e: Path, **kw) -> dict:
-    args = dict(nets=NETS, crf_nets=CRF_NETS, seg_sources=SOURCES, title="toy report",
-                config={"name": "toy", "cam": {"scales": [1.0, 0.5]}}, n_qualitative=2)
+    args = dict(
+        nets=NETS,
+        crf_nets=CRF_NETS,
+        seg_sources=SOURCES,
+        title="toy report",
+        config={"name": "toy", "cam": {"scales": [1.0, 0.5]}},
+        n_qualitative=2,
+    )
     args.update(kw)
     return build_report(e, e / "report", **args)
 
@@ -128,7 +169,8 @@ def test_tables_equal_inputs(exp: Path) -> None:
     assert pl.loc["CRF pseudo labels (MainNet +RCM+MAM)", "miou"] == pytest.approx(0.58)
     assert pl.loc["DeepLab val, trained on pseudo labels", "pct_of_upper_bound"] == pytest.approx(100 * 0.55 / 0.70)
     assert pl.loc["DeepLab val, trained on pseudo labels, +CRF", "pct_of_upper_bound"] == pytest.approx(
-        100 * 0.57 / 0.72)
+        100 * 0.57 / 0.72
+    )
     assert pl.loc["Fully supervised upper bound (DeepLab on GT)", "miou"] == pytest.approx(0.70)
 
     pc = table(s, "per_class").set_index("class")
@@ -143,7 +185,8 @@ def test_tables_equal_inputs(exp: Path) -> None:
 
     pr = table(s, "protocol")
     assert set(pr["file"]) == {f"metrics/cam_{n}.json" for n in NETS} | {
-        f"metrics/pseudo_{n}_crf.json" for n in CRF_NETS} | {f"metrics/seg_{x}.json" for x in SOURCES}
+        f"metrics/pseudo_{n}_crf.json" for n in CRF_NETS
+    } | {f"metrics/seg_{x}.json" for x in SOURCES}
     assert "1.0, 0.5" in set(pr.loc[pr["key"] == "scales", "value"])
 
     md = Path(s["tables_md"]).read_text()
@@ -159,8 +202,9 @@ def test_changed_input_changes_tables(exp: Path) -> None:
     ab = table(s, "ablation").set_index("net")
     assert ab.loc["mainnet_rcm_mam", "cam_miou"] == pytest.approx(0.61)
     assert ab.loc["mainnet_rcm_mam", "delta_cam_miou"] == pytest.approx(0.61 - 0.45)
-    assert table(s, "pipeline").set_index("stage").loc["MainNet +RCM+MAM CAM", "pct_of_upper_bound"] == \
-        pytest.approx(100 * 0.61 / 0.70)
+    assert table(s, "pipeline").set_index("stage").loc["MainNet +RCM+MAM CAM", "pct_of_upper_bound"] == pytest.approx(
+        100 * 0.61 / 0.70
+    )
 
 
 def test_html_self_contained_and_figures_exist(exp: Path) -> None:
@@ -227,12 +271,21 @@ def test_pipeline_follows_the_configured_final_variant(exp: Path) -> None:
 
 def test_random_walk_and_single_stage_rows(exp: Path) -> None:
     m = exp / "metrics"
-    write_json(m / "pseudo_mainnet_rcm_mam_rw.json", {"net": "mainnet_rcm_mam", "protocol": _protocol("train"),
-                                                      "miou": 0.61, "per_class_iou": {}})
+    write_json(
+        m / "pseudo_mainnet_rcm_mam_rw.json",
+        {"net": "mainnet_rcm_mam", "protocol": _protocol("train"), "miou": 0.61, "per_class_iou": {}},
+    )
     for v, (a, b) in {"baseline": (0.40, 0.45), "aa": (0.43, 0.47), "lr": (0.39, 0.44), "aa_lr": (0.44, 0.50)}.items():
-        write_json(m / f"seg_single_stage_{v}.json", {
-            "variant": v, "protocol": _protocol("val"), "miou": a, "miou_crf": b,
-            "pseudo_labels": {"masks": {"miou": a + 0.1}, "pamr_pseudo_gt": {"miou": a + 0.2}}})
+        write_json(
+            m / f"seg_single_stage_{v}.json",
+            {
+                "variant": v,
+                "protocol": _protocol("val"),
+                "miou": a,
+                "miou_crf": b,
+                "pseudo_labels": {"masks": {"miou": a + 0.1}, "pamr_pseudo_gt": {"miou": a + 0.2}},
+            },
+        )
     s = run(exp, rw_nets=["mainnet_rcm_mam"], ss_variants=["baseline", "aa", "lr", "aa_lr"])
     ss = table(s, "single_stage").set_index("method")
     assert ss.loc["1-stage +AA+LR", "val_miou"] == pytest.approx(0.44)

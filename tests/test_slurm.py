@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import BIN, REPO, copy_workflow, run
 
 SCRIPT = REPO / "tests" / "slurm" / "localslurm.sh"
@@ -66,12 +65,26 @@ def test_smoke_dag_through_slurm_equals_the_local_run(smoke_run, local_slurm, tm
     work = copy_workflow(tmp_path / "repo")
     shutil.copytree(REPO / "profiles", work / "profiles")
     t0 = time.monotonic()
-    p = run([BIN / "snakemake", "--profile", "profiles/slurm", "--executor", "slurm", "--configfile", "config/smoke.yaml",
-             "--slurm-status-command", "squeue",                # accounting is off: sacct knows no job
-             "--slurm-init-seconds-before-status-checks", "2",  # poll sooner than the 40 s default: short jobs
-             "--slurm-keep-successful-logs",
-             "--max-threads", str(os.cpu_count())],             # this node's CPUs (the profile asks 8 for crf)
-            cwd=work, timeout=3000)
+    p = run(
+        [
+            BIN / "snakemake",
+            "--profile",
+            "profiles/slurm",
+            "--executor",
+            "slurm",
+            "--configfile",
+            "config/smoke.yaml",
+            "--slurm-status-command",
+            "squeue",  # accounting is off: sacct knows no job
+            "--slurm-init-seconds-before-status-checks",
+            "2",  # poll sooner than the 40 s default: short jobs
+            "--slurm-keep-successful-logs",
+            "--max-threads",
+            str(os.cpu_count()),
+        ],  # this node's CPUs (the profile asks 8 for crf)
+        cwd=work,
+        timeout=3000,
+    )
     print(f"SLURM smoke run: {time.monotonic() - t0:.0f} s")
     out = p.stdout + p.stderr
 
@@ -84,8 +97,9 @@ def test_smoke_dag_through_slurm_equals_the_local_run(smoke_run, local_slurm, tm
         assert Path(log).is_relative_to(work / ".snakemake" / "slurm_logs"), log
         assert "--executor slurm-jobstep" in Path(log).read_text(), log  # the job ran its step inside SLURM
     # and SLURM ran them to completion (the local cluster's MinJobAge=3600 keeps finished jobs in squeue)
-    q = subprocess.run(["squeue", "--states=all", "--noheader", "--format=%i|%T"], capture_output=True, text=True,
-                       check=True).stdout
+    q = subprocess.run(
+        ["squeue", "--states=all", "--noheader", "--format=%i|%T"], capture_output=True, text=True, check=True
+    ).stdout
     states = dict(line.split("|") for line in q.split())
     assert {j: states.get(j) for j in submitted} == {j: "COMPLETED" for j in submitted}
 

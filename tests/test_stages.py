@@ -1,18 +1,20 @@
-"""Stage-level properties: SupportNet stays frozen, training resumes exactly, outputs are atomic."""
+"""MainNet's objective: SupportNet stays frozen, and each ablation variant switches exactly its losses.
+
+(Resuming a killed training: tests/test_resume.py.)"""
 
 import pytest
 import torch
 
-from conftest import run_stage
 from wsss import config
 from wsss.data import synthetic
-from wsss.engine import trainer
 from wsss.methods.mainnet import MainNetObjective
 from wsss.models.cam_net import build_cam_net
 
-TINY = {"data": {"synthetic": {"n_train": 16, "n_val": 4, "size_min": 48, "size_max": 56}},
-        "supportnet": {"backbone": {"widths": [8, 8, 16, 16]}, "train": {"epochs": 2, "batch_size": 8, "crop": 48}},
-        "mainnet": {"train": {"epochs": 2, "batch_size": 8, "crop": 48}, "mam": {"scales": [0.5, 1.0]}}}
+TINY = {
+    "data": {"synthetic": {"n_train": 16, "n_val": 4, "size_min": 48, "size_max": 56}},
+    "supportnet": {"backbone": {"widths": [8, 8, 16, 16]}, "train": {"epochs": 2, "batch_size": 8, "crop": 48}},
+    "mainnet": {"train": {"epochs": 2, "batch_size": 8, "crop": 48}, "mam": {"scales": [0.5, 1.0]}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,37 +51,11 @@ def test_variants_switch_their_losses(tiny):
     net = build_cam_net(cfg["supportnet"]["backbone"])
     support = build_cam_net(cfg["supportnet"]["backbone"]).eval()
     x, y = torch.randn(2, 3, 48, 48), torch.tensor([[0.0, 1.0] + [0.0] * 18] * 2)
-    for variant, expect in [("baseline", set()), ("rcm", {"loss_rcm"}), ("mam", {"loss_mam"}),
-                            ("rcm_mam", {"loss_rcm", "loss_mam"})]:
+    for variant, expect in [
+        ("baseline", set()),
+        ("rcm", {"loss_rcm"}),
+        ("mam", {"loss_mam"}),
+        ("rcm_mam", {"loss_rcm", "loss_mam"}),
+    ]:
         keys = set(MainNetObjective(net, support, variant, cfg["mainnet"])(x, y)) - {"loss", "loss_cls"}
         assert keys == expect, variant
-
-
-def _train_support(cfg, root, out_dir, fail_at_epoch=None, monkeypatch=None):
-    if fail_at_epoch is not None:
-        real_fit = trainer.fit
-
-        def failing_fit(state, *, epochs, **kw):
-            real_fit(state, epochs=fail_at_epoch, **kw)  # stops as a kill would, after its last checkpoint
-            raise KeyboardInterrupt("simulated kill")
-
-        monkeypatch.setattr(trainer, "fit", failing_fit)
-    run_stage("train_supportnet", cfg, seed=0, data=root, ckpt=out_dir / "ck.pt", metrics=out_dir / "m.json",
-              plot=out_dir / "p.json", state=out_dir / "state.pt")
-
-
-def test_training_resumes_to_the_same_weights(tiny, tmp_path, monkeypatch):
-    cfg, root = tiny
-    torch.set_num_threads(1)
-    _train_support(cfg, root, tmp_path / "a")
-    with pytest.raises(KeyboardInterrupt):
-        _train_support(cfg, root, tmp_path / "b", fail_at_epoch=1, monkeypatch=monkeypatch)
-    assert not (tmp_path / "b" / "ck.pt").exists()  # a killed stage leaves no output
-    monkeypatch.undo()
-    _train_support(cfg, root, tmp_path / "b")
-    a = torch.load(tmp_path / "a" / "ck.pt", weights_only=False)
-    b = torch.load(tmp_path / "b" / "ck.pt", weights_only=False)
-    assert a["epoch"] == b["epoch"] == 2
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    assert (tmp_path / "a" / "m.json").read_text() == (tmp_path / "b" / "m.json").read_text()

@@ -83,7 +83,12 @@ def test_a_killed_generation_leaves_nothing_for_long(tmp_path: Path):
 
 def test_voc_layout(tiny: Path):
     assert sorted(p.name for p in tiny.iterdir()) == [
-        "ImageSets", "JPEGImages", "PartMasks", "SegmentationClass", "labels.json", "synthetic.json"
+        "ImageSets",
+        "JPEGImages",
+        "PartMasks",
+        "SegmentationClass",
+        "labels.json",
+        "synthetic.json",
     ]
     train, val = read_split(tiny, "train"), read_split(tiny, "val")
     assert train == [f"syn_{i:06d}" for i in range(10)] and val == [f"syn_{i:06d}" for i in range(10, 14)]
@@ -113,7 +118,8 @@ def test_deterministic_given_seed(tiny: Path, tmp_path: Path):
             assert (same / folder / name).read_bytes() == (tiny / folder / name).read_bytes()
     assert (same / "labels.json").read_bytes() == (tiny / "labels.json").read_bytes()
     differs = [
-        (other / "SegmentationClass" / f"{i}.png").read_bytes() != (tiny / "SegmentationClass" / f"{i}.png").read_bytes()
+        (other / "SegmentationClass" / f"{i}.png").read_bytes()
+        != (tiny / "SegmentationClass" / f"{i}.png").read_bytes()
         for i in _ids(tiny)
     ]
     assert all(differs)

@@ -9,7 +9,6 @@ import shutil
 import numpy as np
 import pytest
 import scipy.io
-
 from test_download import (
     OBJECTS,
     SBD_ONLY,
@@ -21,6 +20,7 @@ from test_download import (
     make_mask,
     xml_classes,
 )
+
 from wsss.data import download as dl
 from wsss.data.sbd import convert_sbd, load_sbd_mask, read_sbd_split
 from wsss.data.voc import ClassificationDataset, load_labels, read_split
@@ -38,8 +38,13 @@ def extracted(archives, tmp_path_factory):
 
 def test_whole_path_fetch_extract_convert_prepare(archives, server, tmp_path):
     raw = tmp_path / "raw"
-    voc_tar = dl.fetch("voc2012_trainval", raw, urls=[f"{server.base}/drop/{archives['voc_tar'].name}"],
-                       md5=archives["voc_md5"], timeout=5)
+    voc_tar = dl.fetch(
+        "voc2012_trainval",
+        raw,
+        urls=[f"{server.base}/drop/{archives['voc_tar'].name}"],
+        md5=archives["voc_md5"],
+        timeout=5,
+    )
     sbd_tgz = dl.fetch("sbd", raw, urls=[f"{server.base}/range/benchmark.tgz"], md5=archives["sbd_md5"], timeout=5)
     voc = dl.extract(voc_tar, tmp_path / "ext" / "voc") / dl.ARCHIVES["voc2012_trainval"]["root"]
     sbd = dl.extract(sbd_tgz, tmp_path / "ext" / "sbd") / dl.ARCHIVES["sbd"]["root"]
@@ -59,8 +64,14 @@ def test_whole_path_fetch_extract_convert_prepare(archives, server, tmp_path):
     assert read_split(out, "train") == VOC_TRAIN and read_split(out, "val") == VOC_VAL
     assert read_split(out, "train_aug") == TRAIN_AUG and len(TRAIN_AUG) == 6
     assert not set(TRAIN_AUG) & set(VOC_VAL)
-    assert report["counts"] == {"train": 3, "val": 3, "train_aug": 6, "sbd_train": 4, "sbd_val": 3,
-                                "labelled_images": 9}
+    assert report["counts"] == {
+        "train": 3,
+        "val": 3,
+        "train_aug": 6,
+        "sbd_train": 4,
+        "sbd_val": 3,
+        "labelled_images": 9,
+    }
 
     # labels.json = the XML classes (difficult included, person parts ignored), for train_aug ∪ val ∪ train only
     labels = load_labels(out)
@@ -72,8 +83,16 @@ def test_whole_path_fetch_extract_convert_prepare(archives, server, tmp_path):
 
     # the XML/mask disagreement is reported, not dropped
     dis = json.loads((out / "label_disagreements.json").read_text())
-    assert dis == [{"id": "2007_000032", "xml": [8, 12], "mask": [8], "mask_source": "SegmentationClass",
-                    "xml_only": [12], "mask_only": []}]
+    assert dis == [
+        {
+            "id": "2007_000032",
+            "xml": [8, 12],
+            "mask": [8],
+            "mask_source": "SegmentationClass",
+            "xml_only": [12],
+            "mask_only": [],
+        }
+    ]
     assert report["cross_check"]["disagreements"] == 1 and report["cross_check"]["images_checked"] == 9
 
     # layout: links to the VOC folders; SegmentationClassAug = SBD PNGs with VOC taking precedence

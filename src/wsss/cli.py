@@ -32,8 +32,9 @@ def _setup_logging(log_file: str | None) -> None:
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="a", encoding="utf-8"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers,
-                        force=True)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers, force=True
+    )
 
 
 def _threads(n: int) -> int:
@@ -51,21 +52,36 @@ def _stage_parser(sub, stage: registry.Stage) -> None:
     src.add_argument("--params", help="the job's config slice (results/<name>/params/<slice>.json)")
     src.add_argument("--config", help="a YAML config file (validated against the schema)")
     s.add_argument("--log", help="append the stage's log to this file")
-    s.add_argument("--threads", type=int, default=int(os.environ.get("WSSS_THREADS", "1")),
-                   help="CPU threads / worker processes (Snakemake passes {threads}; 0 = all cores)")
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("WSSS_THREADS", "1")),
+        help="CPU threads / worker processes (Snakemake passes {threads}; 0 = all cores)",
+    )
     for w, pattern in stage.wildcards.items():
         extra = {"type": int} if w == "seed" else {}
-        s.add_argument(registry.option(w), required=w != "seed", dest=w, metavar=w.upper(),
-                       help=f"wildcard: {pattern}" + ("; default: the first of the config's `seeds`" if w == "seed"
-                                                       else ""), **extra)
+        s.add_argument(
+            registry.option(w),
+            required=w != "seed",
+            dest=w,
+            metavar=w.upper(),
+            help=f"wildcard: {pattern}" + ("; default: the first of the config's `seeds`" if w == "seed" else ""),
+            **extra,
+        )
     for name, f in stage.inputs.items():
         if isinstance(f, registry.File):
-            s.add_argument(registry.option(name), dest=name, required=f.when is None,
-                           help=f"input {f.path}" + (" (where the config uses it)" if f.when else ""))
+            s.add_argument(
+                registry.option(name),
+                dest=name,
+                required=f.when is None,
+                help=f"input {f.path}" + (" (where the config uses it)" if f.when else ""),
+            )
     for name, f in stage.outputs.items():
         s.add_argument(registry.option(name), dest=name, required=True, help=f"output {f.path}")
     for name, path in stage.scratch.items():
-        s.add_argument(registry.option(name), dest=name, required=True, help=f"scratch (kept outside the outputs) {path}")
+        s.add_argument(
+            registry.option(name), dest=name, required=True, help=f"scratch (kept outside the outputs) {path}"
+        )
     for name in stage.values:
         s.add_argument(registry.option(name), dest=name, required=True)
     s.set_defaults(stage=stage)
@@ -125,12 +141,16 @@ def run_stage(stage: registry.Stage, args) -> None:
     module.run(view, threads=args.threads, **kwargs)
     unread = view.unread()
     if unread:
-        logging.getLogger("wsss").warning("stage %s declares config keys it did not read: %s (narrow its keys in "
-                                          "src/wsss/registry.py)", stage.name, ", ".join(unread))
+        logging.getLogger("wsss").warning(
+            "stage %s declares config keys it did not read: %s (narrow its keys in src/wsss/registry.py)",
+            stage.name,
+            ", ".join(unread),
+        )
 
 
 def write_slices(config_file: str, out: str) -> None:
     cfg = wconfig.load(config_file)
+    wconfig.check_batches(cfg, source=config_file)
     for slice_id, text in sorted(registry.all_slices(cfg).items()):
         path = Path(out) / f"{slice_id}.json"
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
@@ -144,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.command
     try:
         if name == "validate":
-            wconfig.load(args.config)
+            wconfig.check_batches(wconfig.load(args.config), source=args.config)
             print(f"{args.config}: valid")
             return 0
         if name == "config":
@@ -164,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         if e.errno != errno.ENOSPC:
             raise
         where = e.filename or "the output folder"
-        msg = (f"{where}: no space left on device; nothing was written there (partial output removed). "
-               "Free space on that disk and re-run the stage")
+        msg = (
+            f"{where}: no space left on device; nothing was written there (partial output removed). "
+            "Free space on that disk and re-run the stage"
+        )
         log.error("%s", msg)
         print(f"wsss {name}: error: {msg}", file=sys.stderr)
         return 28

@@ -19,7 +19,6 @@ import yaml
 
 from wsss.io import WsssInputError, plain
 
-
 SCHEMA_PATH = Path(__file__).resolve().with_name("config.schema.yaml")  # package data (pyproject.toml)
 
 
@@ -94,14 +93,46 @@ def validate(config: dict, source: str = "config") -> dict:
     return full
 
 
+# splits that lie within another (VOC: train_aug holds train): CAMs and pseudo labels are made on train_split
+_WITHIN = {"train_aug": {"train"}}
+_TRAIN_SECTIONS = ("supportnet", "mainnet", "refine.random_walk", "segment", "single_stage")
+
+
+def _non_finite(node, path=()):
+    """Dotted keys of NaN / inf numbers (JSON-schema bounds do not catch NaN: every comparison with it is false)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _non_finite(v, path + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _non_finite(v, path + (str(i),))
+    elif isinstance(node, float) and node != node or node in (float("inf"), float("-inf")):
+        yield ".".join(path)
+
+
 def _check_consistency(cfg: dict, source: str) -> None:
     """Cross-key rules a JSON schema cannot express."""
+    bad = list(_non_finite(cfg))
+    if bad:
+        raise WsssInputError(f"{source}: config key '{bad[0]}' is not a finite number; give a real value")
+    data = cfg["data"]
+    if data["cam_split"] != data["train_split"] and data["cam_split"] not in _WITHIN.get(data["train_split"], ()):
+        raise WsssInputError(
+            f"{source}: data.cam_split '{data['cam_split']}' is not within data.train_split '{data['train_split']}': "
+            "CAMs and pseudo labels are made on train_split and scored on cam_split, so cam_split must be "
+            "train_split or a split it holds (train within train_aug)"
+        )
     syn = cfg["data"]["synthetic"]
-    for low, high in (("size_min", "size_max"), ("min_classes", "max_classes"), ("max_classes", "max_objects"),
-                      ("scale_min", "scale_max")):
+    for low, high in (
+        ("size_min", "size_max"),
+        ("min_classes", "max_classes"),
+        ("max_classes", "max_objects"),
+        ("scale_min", "scale_max"),
+    ):
         if syn[low] > syn[high]:
-            raise WsssInputError(f"{source}: data.synthetic.{low} ({syn[low]}) > {high} ({syn[high]}); "
-                                 f"{low} must not exceed {high}")
+            raise WsssInputError(
+                f"{source}: data.synthetic.{low} ({syn[low]}) > {high} ({syn[high]}); {low} must not exceed {high}"
+            )
     variants = cfg["mainnet"]["variants"]
     if cfg["mainnet"]["final_variant"] not in variants:
         raise WsssInputError(
@@ -131,6 +162,36 @@ def _check_consistency(cfg: dict, source: str) -> None:
         )
     if cfg["segment"]["pseudo_labels"] == "crf" and final not in cfg["refine"]["crf_nets"]:
         raise WsssInputError(f"{source}: segment.pseudo_labels is crf but '{final}' is not in refine.crf_nets")
+
+
+def check_batches(cfg: dict, source: str = "config") -> None:
+    """Refuse a training batch larger than the training split where the config alone tells the split's size (the
+    synthetic benchmark): every batch is a full one, so such a training would take no step. Checked where a run is
+    planned (Snakemake, ``wsss config`` / ``validate``); the trainer refuses it at the start of a job in any case."""
+    data = cfg["data"]
+    if data["source"] == "synthetic" and data["train_split"] == "train":
+        n = data["synthetic"]["n_train"]
+        trained = {
+            "supportnet": True,
+            "mainnet": True,
+            "refine.random_walk": bool(cfg["refine"]["random_walk"]["nets"]),
+            "segment": cfg["segment"]["enabled"],
+            "single_stage": cfg["single_stage"]["enabled"],
+        }
+        for section in (s for s in _TRAIN_SECTIONS if trained[s]):
+            batch = get(cfg, section)["train"]["batch_size"]
+            if batch > n:
+                raise WsssInputError(
+                    f"{source}: {section}.train.batch_size = {batch} is larger than the training split "
+                    f"(data.synthetic.n_train = {n}): no batch would be trained; lower it or raise n_train"
+                )
+
+
+def get(cfg: dict, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
 
 
 def load(path: str | os.PathLike) -> dict:
@@ -202,7 +263,8 @@ class ConfigView(Mapping):
             dotted = ".".join(self._prefix + (key,))
             raise UndeclaredConfigKey(
                 f"stage {self._stage} read config key '{dotted}', which its declaration does not list; add it to "
-                f"the stage's keys in src/wsss/registry.py (so that changing it re-runs the stage)")
+                f"the stage's keys in src/wsss/registry.py (so that changing it re-runs the stage)"
+            )
         value = self._data[key]
         if seen == "all":
             self._reads.add(self._prefix + (key,))
@@ -244,6 +306,8 @@ def load_slice(path: str | os.PathLike, stage, wildcards: dict) -> ConfigView:
     if not isinstance(doc, dict) or {"stage", "slice", "keys", "config"} - set(doc):
         raise WsssInputError(f"{path}: not a config slice file (written by `wsss config`); re-run the pipeline")
     if doc["slice"] != want:
-        raise WsssInputError(f"{path}: the config slice of {doc['slice']!r}, not of this job ({want!r}); pass "
-                             f"results/<name>/params/{want}.json or --config with the config file")
+        raise WsssInputError(
+            f"{path}: the config slice of {doc['slice']!r}, not of this job ({want!r}); pass "
+            f"results/<name>/params/{want}.json or --config with the config file"
+        )
     return ConfigView(doc["config"], doc["keys"], stage.name)

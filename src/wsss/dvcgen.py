@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{out} agrees with the Snakemake DAG")
         return 0
     write_text(out, text)
-    print(f"wrote {out} ({text.count(chr(10) + '  ') } stage lines)")
+    print(f"wrote {out} ({text.count(chr(10) + '  ')} stage lines)")
     return 0
 
 

@@ -26,9 +26,12 @@ def per_class_dict(values: Sequence) -> dict:
 
 def scores_with_crf(res: dict, res_crf: dict) -> dict:
     """The four score keys every segmentation evaluation writes: mIoU and per-class IoU, without and with CRF."""
-    return {"miou": res["miou"], "miou_crf": res_crf["miou"],
-            "per_class_iou": per_class_dict(res["per_class_iou"]),
-            "per_class_iou_crf": per_class_dict(res_crf["per_class_iou"])}
+    return {
+        "miou": res["miou"],
+        "miou_crf": res_crf["miou"],
+        "per_class_iou": per_class_dict(res["per_class_iou"]),
+        "per_class_iou_crf": per_class_dict(res_crf["per_class_iou"]),
+    }
 
 
 @torch.no_grad()
@@ -53,8 +56,13 @@ def predict_probs(net, img: np.ndarray, scales: Sequence[float], flip: bool) -> 
     h, w = img.shape[:2]
     acc, n = None, 0
     for s in scales:
-        xs = x if s == 1.0 else F.interpolate(x, size=(max(8, round(h * s)), max(8, round(w * s))),
-                                               mode="bilinear", align_corners=False)
+        xs = (
+            x
+            if s == 1.0
+            else F.interpolate(
+                x, size=(max(8, round(h * s)), max(8, round(w * s))), mode="bilinear", align_corners=False
+            )
+        )
         batch = torch.cat([xs, xs.flip(-1)]) if flip else xs
         logits = F.interpolate(net(batch), size=(h, w), mode="bilinear", align_corners=False)
         probs = logits.softmax(1)
@@ -64,8 +72,9 @@ def predict_probs(net, img: np.ndarray, scales: Sequence[float], flip: bool) -> 
     return (acc / n)[0].numpy()
 
 
-def score_predictions(fn: Callable, ids: list[str], *, data_root: Path, save_dir: Path, n_saved: int, threads: int,
-                      desc: str) -> tuple[dict, dict]:
+def score_predictions(
+    fn: Callable, ids: list[str], *, data_root: Path, save_dir: Path, n_saved: int, threads: int, desc: str
+) -> tuple[dict, dict]:
     """Run ``fn(image_id) -> (id, pred, pred_crf)`` over ``ids`` on ``threads`` workers; return the confusion-matrix
     results without and with CRF against the GT masks, saving the first ``n_saved`` predictions into ``save_dir``."""
     cm, cm_crf = metrics.ConfusionMatrix(), metrics.ConfusionMatrix()
@@ -82,8 +91,10 @@ def score_predictions(fn: Callable, ids: list[str], *, data_root: Path, save_dir
 
 def check_same_size(array: np.ndarray, gt: np.ndarray, *, what: str, mask: Path) -> None:
     if array.shape[-2:] != gt.shape:
-        raise WsssInputError(f"{mask}: mask size {gt.shape} differs from the {what} {tuple(array.shape[-2:])}; "
-                             "the image and its mask must have the same size")
+        raise WsssInputError(
+            f"{mask}: mask size {gt.shape} differs from the {what} {tuple(array.shape[-2:])}; "
+            "the image and its mask must have the same size"
+        )
 
 
 def check_splits(data_root: Path, split: str, eval_split: str) -> tuple[list[str], list[str]]:
@@ -92,8 +103,10 @@ def check_splits(data_root: Path, split: str, eval_split: str) -> tuple[list[str
     eval_ids = voc.read_split(data_root, eval_split)
     missing = sorted(set(eval_ids) - set(ids))
     if missing:
-        raise WsssInputError(f"data.cam_split '{eval_split}' has {len(missing)} ids outside data.train_split '{split}' "
-                             f"(first {missing[:3]}); pseudo labels are made on train_split, which must hold cam_split")
+        raise WsssInputError(
+            f"data.cam_split '{eval_split}' has {len(missing)} ids outside data.train_split '{split}' "
+            f"(first {missing[:3]}); pseudo labels are made on train_split, which must hold cam_split"
+        )
     voc.check_ids(data_root, ids, need_masks=False, split=split)
     voc.check_ids(data_root, eval_ids, need_masks=True, split=eval_split)
     return ids, eval_ids
@@ -103,7 +116,10 @@ def score_labels(folder: Path, data_root: Path, eval_ids: list[str]) -> dict:
     """mIoU of the label PNGs in ``folder`` on ``eval_ids`` (pseudo-label 255 pixels skipped, AFA convention)."""
     cm = metrics.ConfusionMatrix(pred_ignore="skip")
     for image_id in eval_ids:
-        cm.update(read_label_png(folder / f"{image_id}.png"), read_label_png(voc.mask_path(data_root, image_id)))
+        label, mask = read_label_png(folder / f"{image_id}.png"), voc.mask_path(data_root, image_id)
+        gt = read_label_png(mask)
+        check_same_size(label, gt, what=f"pseudo label of {image_id}", mask=mask)
+        cm.update(label, gt)
     return cm.compute()
 
 
@@ -111,9 +127,14 @@ def pseudo_metrics(net_name: str, res: dict, *, split: str, eval_split: str, n_e
     """The metric file of a pseudo-label stage (CRF or random walk)."""
     return {
         "net": net_name,
-        "protocol": {"split": eval_split, "images": n_eval, "labelled_split": split, **protocol,
-                     "pseudo_label_255": "skipped (pixels the pseudo label ignores are not scored)",
-                     "ignore": "255 in GT ignored"},
+        "protocol": {
+            "split": eval_split,
+            "images": n_eval,
+            "labelled_split": split,
+            **protocol,
+            "pseudo_label_255": "skipped (pixels the pseudo label ignores are not scored)",
+            "ignore": "255 in GT ignored",
+        },
         "miou": res["miou"],
         "per_class_iou": per_class_dict(res["per_class_iou"]),
         "ignore_fraction": res["pred_ignored_share"],

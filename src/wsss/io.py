@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-
 _STARTED = time.time()  # temp files older than this process cannot be its own
 
 
@@ -290,7 +289,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             im.load()
             return np.array(im.convert("RGB"), dtype=np.uint8)
     except Exception as e:
-        raise WsssInputError(f"{path}: corrupt or unreadable image ({e}); replace the file or drop its id from the split") from e
+        raise WsssInputError(
+            f"{path}: corrupt or unreadable image ({e}); replace the file or drop its id from the split"
+        ) from e
 
 
 def write_jpeg(path: str | os.PathLike, image: np.ndarray, quality: int = 95) -> None:

@@ -25,7 +25,8 @@ Conventions (see ``shared/research/peers.md`` §1.6 and §3.4, where peers disag
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -128,13 +129,13 @@ class ConfusionMatrix:
         self.pred_ignored = 0
 
     # -- accumulation
-    def update(self, pred: np.ndarray, gt: np.ndarray) -> "ConfusionMatrix":
+    def update(self, pred: np.ndarray, gt: np.ndarray) -> ConfusionMatrix:
         m, skipped = _confusion_and_skipped(pred, gt, self.num_classes, self.ignore_index, self.pred_ignore)
         self.matrix += m
         self.pred_ignored += skipped
         return self
 
-    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add ``other`` into ``self`` (in place); both must share ``num_classes`` and ``pred_ignore``."""
         if other.num_classes != self.num_classes or other.pred_ignore != self.pred_ignore:
             raise ValueError(
@@ -145,7 +146,7 @@ class ConfusionMatrix:
         self.pred_ignored += other.pred_ignored
         return self
 
-    def all_reduce(self) -> "ConfusionMatrix":
+    def all_reduce(self) -> ConfusionMatrix:
         """Sum the matrix over all ranks if ``torch.distributed`` is initialised; a no-op otherwise."""
         try:
             import torch
@@ -226,7 +227,7 @@ class ConfusionMatrix:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ConfusionMatrix":
+    def from_dict(cls, d: dict[str, Any]) -> ConfusionMatrix:
         cm = cls(int(d["num_classes"]), int(d.get("ignore_index", 255)), d.get("pred_ignore", "skip"))
         mat = np.asarray(d["matrix"], dtype=np.int64)
         if mat.shape != (cm.num_classes, cm.num_classes):
@@ -287,7 +288,7 @@ class ThresholdSweep:
         self._sorted = t32[self._order]
         self.matrices = np.zeros((len(self.thresholds), self.num_classes, self.num_classes), dtype=np.int64)
 
-    def update(self, cam: np.ndarray, keys: Sequence[int], gt: np.ndarray) -> "ThresholdSweep":
+    def update(self, cam: np.ndarray, keys: Sequence[int], gt: np.ndarray) -> ThresholdSweep:
         cam, keys = _cam_keys(cam, keys)
         gt = _as_int_array(gt, "gt")
         if gt.shape != cam.shape[1:]:
@@ -319,7 +320,7 @@ class ThresholdSweep:
         self.matrices[self._order] += sorted_mats
         return self
 
-    def merge(self, other: "ThresholdSweep") -> "ThresholdSweep":
+    def merge(self, other: ThresholdSweep) -> ThresholdSweep:
         if other.thresholds != self.thresholds or other.num_classes != self.num_classes:
             raise ValueError("cannot merge sweeps with different thresholds or num_classes")
         self.matrices += other.matrices
@@ -360,7 +361,7 @@ class RegionRecall:
         self.ignore_index = ignore_index
         self.part_hit = self.part_total = self.body_hit = self.body_total = 0
 
-    def update(self, pred_label: np.ndarray, gt: np.ndarray, part_mask: np.ndarray) -> "RegionRecall":
+    def update(self, pred_label: np.ndarray, gt: np.ndarray, part_mask: np.ndarray) -> RegionRecall:
         pred = _as_int_array(pred_label, "pred_label")
         gt = _as_int_array(gt, "gt")
         pm = _as_int_array(part_mask, "part_mask")
@@ -375,7 +376,7 @@ class RegionRecall:
         self.body_hit += int(np.count_nonzero(body & hit))
         return self
 
-    def merge(self, other: "RegionRecall") -> "RegionRecall":
+    def merge(self, other: RegionRecall) -> RegionRecall:
         self.part_hit += other.part_hit
         self.part_total += other.part_total
         self.body_hit += other.body_hit
@@ -421,7 +422,7 @@ class ContextShare:
 
     def update(
         self, pred_label: np.ndarray, gt: np.ndarray, image_classes: Iterable[int] | None = None
-    ) -> "ContextShare":
+    ) -> ContextShare:
         pred = _as_int_array(pred_label, "pred_label")
         gt = _as_int_array(gt, "gt")
         if pred.shape != gt.shape:
@@ -438,7 +439,11 @@ class ContextShare:
         n_bg = int(np.count_nonzero(bg))
         pb = pred[bg]
         is_fg = (pb != 0) & (pb != self.ignore_index)
-        is_ctx = np.isin(pb, np.fromiter(self.context_classes, dtype=np.int64)) if self.context_classes else np.zeros_like(is_fg)
+        is_ctx = (
+            np.isin(pb, np.fromiter(self.context_classes, dtype=np.int64))
+            if self.context_classes
+            else np.zeros_like(is_fg)
+        )
         if has_ctx:
             self.ctx_images += 1
             self.ctx_bg += n_bg
@@ -449,7 +454,7 @@ class ContextShare:
             self.other_claimed += int(np.count_nonzero(is_fg & ~is_ctx))
         return self
 
-    def merge(self, other: "ContextShare") -> "ContextShare":
+    def merge(self, other: ContextShare) -> ContextShare:
         for k in ("ctx_claimed", "ctx_bg", "ctx_images", "other_claimed", "other_bg", "other_images"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         return self

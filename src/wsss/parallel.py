@@ -10,7 +10,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import sys
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -34,7 +35,7 @@ def _init_worker(fn: Callable[[Any], Any]) -> None:
     for k in _THREAD_ENV:
         os.environ[k] = "1"
     torch = sys.modules.get("torch")  # only if the parent loaded it: importing torch costs a worker ~1 s, and a
-    if torch is not None:              # later import reads the OMP/MKL variables set above
+    if torch is not None:  # later import reads the OMP/MKL variables set above
         torch.set_num_threads(1)
 
 

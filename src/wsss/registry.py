@@ -30,10 +30,10 @@ import hashlib
 import json
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 from wsss.variants import MAINNET_VARIANTS, SINGLE_STAGE_VARIANTS, nets, seg_sources, single_stage_variants
@@ -113,24 +113,47 @@ NET = r"supportnet|mainnet_[a-z_]+"
 
 def _mainnet_keys(cfg: dict, wc: dict) -> list[str]:
     rcm, mam = MAINNET_VARIANTS[wc["variant"]]
-    return (["data.train_split", "data.val_split", "mainnet.train", "mainnet.init_from_supportnet"]
-            + (["mainnet.rcm"] if rcm else []) + (["mainnet.mam"] if mam else []))
+    return (
+        ["data.train_split", "data.val_split", "mainnet.train", "mainnet.init_from_supportnet"]
+        + (["mainnet.rcm"] if rcm else [])
+        + (["mainnet.mam"] if mam else [])
+    )
 
 
 def _crf_keys(cfg: dict, wc: dict) -> list[str]:
     r = cfg["refine"]
-    keys = ["data.train_split", "data.cam_split", "refine.bg_mode", "refine.ignore_confidence", "refine.crf",
-            "refine.calibrate_background", "refine.bg_constant" if r["bg_mode"] == "constant" else "refine.bg_alpha"]
+    keys = [
+        "data.train_split",
+        "data.cam_split",
+        "refine.bg_mode",
+        "refine.ignore_confidence",
+        "refine.crf",
+        "refine.calibrate_background",
+        "refine.bg_constant" if r["bg_mode"] == "constant" else "refine.bg_alpha",
+    ]
     if r["calibrate_background"] == "crf_sweep":
-        keys += ["refine.calibration_images",
-                 "refine.calibration_constants" if r["bg_mode"] == "constant" else "refine.calibration_alphas"]
+        keys += [
+            "refine.calibration_images",
+            "refine.calibration_constants" if r["bg_mode"] == "constant" else "refine.calibration_alphas",
+        ]
     return keys
 
 
 def _affinity_keys(cfg: dict, wc: dict) -> list[str]:
     rw = cfg["refine"]["random_walk"]
-    keys = ["data.train_split"] + [f"refine.random_walk.{k}" for k in (
-        "label_source", "radius", "embed_dim", "stride", "image_scale", "backbone", "init_from_supportnet", "train")]
+    keys = ["data.train_split"] + [
+        f"refine.random_walk.{k}"
+        for k in (
+            "label_source",
+            "radius",
+            "embed_dim",
+            "stride",
+            "image_scale",
+            "backbone",
+            "init_from_supportnet",
+            "train",
+        )
+    ]
     if rw["label_source"] == "cams":
         keys += ["refine.random_walk.fg_threshold", "refine.random_walk.bg_threshold"]
     return keys
@@ -138,8 +161,9 @@ def _affinity_keys(cfg: dict, wc: dict) -> list[str]:
 
 def _walk_keys(cfg: dict, wc: dict) -> list[str]:
     rw = cfg["refine"]["random_walk"]
-    keys = ["data.train_split", "data.cam_split"] + [f"refine.random_walk.{k}" for k in (
-        "radius", "beta", "n_steps", "bg_mode", "image_scale", "crf")]
+    keys = ["data.train_split", "data.cam_split"] + [
+        f"refine.random_walk.{k}" for k in ("radius", "beta", "n_steps", "bg_mode", "image_scale", "crf")
+    ]
     keys.append("refine.random_walk.bg_power" if rw["bg_mode"] == "psa" else "refine.random_walk.bg_score")
     if rw["crf"]:
         keys += ["refine.crf", "refine.ignore_confidence"]
@@ -152,8 +176,9 @@ def _seg_init(cfg: dict, wc: dict) -> bool:
 
 
 def _train_seg_keys(cfg: dict, wc: dict) -> list[str]:
-    keys = ["data.train_split"] + [f"segment.{k}" for k in (
-        "model", "backbone", "train", "class_weights", "aspp_channels", "atrous_rates")]
+    keys = ["data.train_split"] + [
+        f"segment.{k}" for k in ("model", "backbone", "train", "class_weights", "aspp_channels", "atrous_rates")
+    ]
     if cfg["segment"]["model"].endswith("_small"):
         keys.append("segment.init_from_supportnet")
     return keys
@@ -166,15 +191,38 @@ def _export_keys(cfg: dict, wc: dict) -> list[str]:
 
 def _single_stage_keys(cfg: dict, wc: dict) -> list[str]:
     aa, lr = SINGLE_STAGE_VARIANTS[wc["variant"]]
-    return ["data.train_split"] + [f"single_stage.{k}" for k in (
-        "backbone", "init_from_supportnet", "freeze_backbone_bn", "head_channels", "atrous_rates", "seg_head",
-        "embedding_dim", "sg_psi", "background", "background_logit", "train", "augment", "warmup_epochs", "focal",
-        "label_stride", "pamr", "pseudo_gt", "mask_loss") + (("aa",) if aa else ()) + (("lr",) if lr else ())]
+    return ["data.train_split"] + [
+        f"single_stage.{k}"
+        for k in (
+            "backbone",
+            "init_from_supportnet",
+            "freeze_backbone_bn",
+            "head_channels",
+            "atrous_rates",
+            "seg_head",
+            "embedding_dim",
+            "sg_psi",
+            "background",
+            "background_logit",
+            "train",
+            "augment",
+            "warmup_epochs",
+            "focal",
+            "label_stride",
+            "pamr",
+            "pseudo_gt",
+            "mask_loss",
+        )
+        + (("aa",) if aa else ())
+        + (("lr",) if lr else ())
+    ]
 
 
 def _eval_single_stage_keys(cfg: dict, wc: dict) -> list[str]:
-    keys = ["data.val_split"] + [f"single_stage.{k}" for k in (
-        "scales", "flip", "fp_cut_score", "bg_pow", "crf", "n_saved_predictions", "pseudo_eval")]
+    keys = ["data.val_split"] + [
+        f"single_stage.{k}"
+        for k in ("scales", "flip", "fp_cut_score", "bg_pow", "crf", "n_saved_predictions", "pseudo_eval")
+    ]
     return keys + (["data.cam_split"] if cfg["single_stage"]["pseudo_eval"]["enabled"] else [])
 
 
@@ -188,6 +236,15 @@ DATA = "{data}"
 CKPT = "{seed_dir}/models/{net}/checkpoint.pt"
 SUPPORT = File("{seed_dir}/models/supportnet/checkpoint.pt")
 GPU_STAGE = dict(threads=2, gpu=True, mem_mb=8000, runtime=240)
+
+
+def _trained(model: str, name: str) -> dict[str, File]:
+    """A training stage's outputs: the checkpoint, the training metrics and the loss curve (a DVC plot)."""
+    return {
+        "ckpt": File(f"{{seed_dir}}/models/{model}/checkpoint.pt"),
+        "metrics": File(f"{{seed_dir}}/metrics/{name}.json", "metrics"),
+        "plot": File(f"{{seed_dir}}/plots/{name}.json", "plot"),
+    }
 
 
 def _seeds(cfg: dict, **more: list) -> list[dict]:
@@ -214,169 +271,257 @@ def _declare(*stages: Stage) -> None:
 _declare(
     # ---------------------------------------------------------------------------------------------- data
     Stage(
-        "make_data", "data", "generate the embedded synthetic VOC benchmark (deterministic from its seed)",
+        "make_data",
+        "data",
+        "generate the embedded synthetic VOC benchmark (deterministic from its seed)",
         keys=_static("data.synthetic"),
         outputs={"data": File(DATA, "dir"), "metrics": File("{exp}/metrics/data.json", "metrics")},
     ),
     Stage(
-        "download", "data", "fetch (resume, mirrors, checksum) and extract a VOC 2012 or SBD archive",
-        keys=lambda cfg, wc: [f"data.voc.{k}" for k in (
-            "sbd_archive" if wc["archive"] == "sbd" else "archive", "urls", "md5", "download_dir", "timeout_s")],
-        wildcards={"archive": "voc2012_trainval|sbd"}, slice_by=("archive",),
-        slices=lambda c: [{"archive": "voc2012_trainval"}] + ([{"archive": "sbd"}] if c["data"]["source"] == "voc_sbd" else []),
+        "download",
+        "data",
+        "fetch (resume, mirrors, checksum) and extract a VOC 2012 or SBD archive",
+        keys=lambda cfg, wc: [
+            f"data.voc.{k}"
+            for k in (
+                "sbd_archive" if wc["archive"] == "sbd" else "archive",
+                "urls",
+                "md5",
+                "download_dir",
+                "timeout_s",
+            )
+        ],
+        wildcards={"archive": "voc2012_trainval|sbd"},
+        slice_by=("archive",),
+        slices=lambda c: (
+            [{"archive": "voc2012_trainval"}] + ([{"archive": "sbd"}] if c["data"]["source"] == "voc_sbd" else [])
+        ),
         outputs={"out": File("{extract_dir}/{archive}", "dir")},
     ),
     Stage(
-        "prepare_voc", "data", "VOC 2012 (+ SBD) in the dataset layout: splits, image labels, SBD masks",
+        "prepare_voc",
+        "data",
+        "VOC 2012 (+ SBD) in the dataset layout: splits, image labels, SBD masks",
         keys=_static("data.source", "data.voc.expect_counts", "data.voc.cross_check", "data.voc.link_mode"),
-        inputs={"voc": File("{voc_root}"), "sbd": File("{sbd_root}", when=lambda c, w: c["data"]["source"] == "voc_sbd")},
+        inputs={
+            "voc": File("{voc_root}"),
+            "sbd": File("{sbd_root}", when=lambda c, w: c["data"]["source"] == "voc_sbd"),
+        },
         outputs={"data": File(DATA, "dir"), "metrics": File("{exp}/metrics/data.json", "metrics")},
     ),
     # -------------------------------------------------------------------------------------------- classify
     Stage(
-        "train_supportnet", "classify", "train SupportNet, the CAM classifier",
+        "train_supportnet",
+        "classify",
+        "train SupportNet, the CAM classifier",
         keys=_static("data.train_split", "data.val_split", "supportnet"),
         inputs={"data": File(DATA)},
-        outputs={"ckpt": File("{seed_dir}/models/supportnet/checkpoint.pt"),
-                 "metrics": File("{seed_dir}/metrics/train_supportnet.json", "metrics"),
-                 "plot": File("{seed_dir}/plots/train_supportnet.json", "plot")},
-        wildcards={"seed": SEED}, scratch={"state": "{seed_dir}/state/supportnet.pt"}, **GPU_STAGE,
+        outputs=_trained("supportnet", "train_supportnet"),
+        wildcards={"seed": SEED},
+        scratch={"state": "{seed_dir}/state/supportnet.pt"},
+        **GPU_STAGE,
     ),
     Stage(
-        "train_mainnet", "classify", "train a MainNet variant from the frozen SupportNet (RCM / MAM ablation)",
+        "train_mainnet",
+        "classify",
+        "train a MainNet variant from the frozen SupportNet (RCM / MAM ablation)",
         keys=_mainnet_keys,
         inputs={"data": File(DATA), "support": SUPPORT},
-        outputs={"ckpt": File("{seed_dir}/models/mainnet_{variant}/checkpoint.pt"),
-                 "metrics": File("{seed_dir}/metrics/train_mainnet_{variant}.json", "metrics"),
-                 "plot": File("{seed_dir}/plots/train_mainnet_{variant}.json", "plot")},
-        wildcards={"seed": SEED, "variant": "|".join(MAINNET_VARIANTS)}, slice_by=("variant",),
+        outputs=_trained("mainnet_{variant}", "train_mainnet_{variant}"),
+        wildcards={"seed": SEED, "variant": "|".join(MAINNET_VARIANTS)},
+        slice_by=("variant",),
         slices=lambda c: [{"variant": v} for v in c["mainnet"]["variants"]],
-        scratch={"state": "{seed_dir}/state/mainnet_{variant}.pt"}, **GPU_STAGE,
+        scratch={"state": "{seed_dir}/state/mainnet_{variant}.pt"},
+        **GPU_STAGE,
     ),
     # ------------------------------------------------------------------------------------------------ cams
     Stage(
-        "extract_cams", "cams", "multi-scale + flip CAMs of train_split, one .npz per image",
+        "extract_cams",
+        "cams",
+        "multi-scale + flip CAMs of train_split, one .npz per image",
         keys=_static("data.train_split", "cams.scales", "cams.flip"),
         inputs={"data": File(DATA), "ckpt": File(CKPT)},
         outputs={"cams": File("{seed_dir}/cams/{net}", "dir")},
-        wildcards={"seed": SEED, "net": NET}, **GPU_STAGE,
+        wildcards={"seed": SEED, "net": NET},
+        **GPU_STAGE,
     ),
     Stage(
-        "eval_cams", "cams", "CAM mIoU on cam_split with a background-threshold sweep",
+        "eval_cams",
+        "cams",
+        "CAM mIoU on cam_split with a background-threshold sweep",
         keys=_static("data.cam_split", "cams.scales", "cams.flip", "cams.thresholds", "cams.fixed_threshold"),
         inputs={"data": File(DATA), "cams": File("{seed_dir}/cams/{net}")},
-        outputs={"metrics": File("{seed_dir}/metrics/cam_{net}.json", "metrics"),
-                 "curve": File("{seed_dir}/plots/cam_curve_{net}.json", "plot")},
+        outputs={
+            "metrics": File("{seed_dir}/metrics/cam_{net}.json", "metrics"),
+            "curve": File("{seed_dir}/plots/cam_curve_{net}.json", "plot"),
+        },
         wildcards={"seed": SEED, "net": NET},
     ),
     # ---------------------------------------------------------------------------------------------- refine
     Stage(
-        "crf", "refine", "dense-CRF pseudo labels of train_split and their mIoU on cam_split",
+        "crf",
+        "refine",
+        "dense-CRF pseudo labels of train_split and their mIoU on cam_split",
         keys=_crf_keys,
-        inputs={"data": File(DATA), "cams": File("{seed_dir}/cams/{net}"),
-                "cam_metrics": File("{seed_dir}/metrics/cam_{net}.json",
-                                    when=lambda c, w: c["refine"]["calibrate_background"] == "cam_threshold")},
-        outputs={"pseudo": File("{seed_dir}/pseudo/{net}_crf", "dir"),
-                 "metrics": File("{seed_dir}/metrics/pseudo_{net}_crf.json", "metrics")},
-        wildcards={"seed": SEED, "net": NET}, threads="all",
+        inputs={
+            "data": File(DATA),
+            "cams": File("{seed_dir}/cams/{net}"),
+            "cam_metrics": File(
+                "{seed_dir}/metrics/cam_{net}.json",
+                when=lambda c, w: c["refine"]["calibrate_background"] == "cam_threshold",
+            ),
+        },
+        outputs={
+            "pseudo": File("{seed_dir}/pseudo/{net}_crf", "dir"),
+            "metrics": File("{seed_dir}/metrics/pseudo_{net}_crf.json", "metrics"),
+        },
+        wildcards={"seed": SEED, "net": NET},
+        threads="all",
     ),
     Stage(
-        "train_affinity", "refine", "train the affinity network on one net's confident pseudo labels",
+        "train_affinity",
+        "refine",
+        "train the affinity network on one net's confident pseudo labels",
         keys=_affinity_keys,
-        inputs={"data": File(DATA),
-                "labels": File("{seed_dir}/pseudo/{net}_crf",
-                               when=lambda c, w: c["refine"]["random_walk"]["label_source"] == "crf"),
-                "cams": File("{seed_dir}/cams/{net}",
-                             when=lambda c, w: c["refine"]["random_walk"]["label_source"] == "cams"),
-                "support": File(SUPPORT.path, when=lambda c, w: c["refine"]["random_walk"]["init_from_supportnet"])},
-        outputs={"ckpt": File("{seed_dir}/models/affinity_{net}/checkpoint.pt"),
-                 "metrics": File("{seed_dir}/metrics/train_affinity_{net}.json", "metrics"),
-                 "plot": File("{seed_dir}/plots/train_affinity_{net}.json", "plot")},
+        inputs={
+            "data": File(DATA),
+            "labels": File(
+                "{seed_dir}/pseudo/{net}_crf", when=lambda c, w: c["refine"]["random_walk"]["label_source"] == "crf"
+            ),
+            "cams": File(
+                "{seed_dir}/cams/{net}", when=lambda c, w: c["refine"]["random_walk"]["label_source"] == "cams"
+            ),
+            "support": File(SUPPORT.path, when=lambda c, w: c["refine"]["random_walk"]["init_from_supportnet"]),
+        },
+        outputs=_trained("affinity_{net}", "train_affinity_{net}"),
         wildcards={"seed": SEED, "net": NET},
         scratch={"state": "{seed_dir}/state/affinity_{net}.pt", "confident": "{seed_dir}/state/affinity_{net}_labels"},
         **GPU_STAGE,
     ),
     Stage(
-        "random_walk", "refine", "random-walk pseudo labels over learned affinities, and their mIoU",
+        "random_walk",
+        "refine",
+        "random-walk pseudo labels over learned affinities, and their mIoU",
         keys=_walk_keys,
-        inputs={"data": File(DATA), "cams": File("{seed_dir}/cams/{net}"),
-                "ckpt": File("{seed_dir}/models/affinity_{net}/checkpoint.pt")},
-        outputs={"pseudo": File("{seed_dir}/pseudo/{net}_rw", "dir"),
-                 "metrics": File("{seed_dir}/metrics/pseudo_{net}_rw.json", "metrics")},
-        wildcards={"seed": SEED, "net": NET}, threads=2,
+        inputs={
+            "data": File(DATA),
+            "cams": File("{seed_dir}/cams/{net}"),
+            "ckpt": File("{seed_dir}/models/affinity_{net}/checkpoint.pt"),
+        },
+        outputs={
+            "pseudo": File("{seed_dir}/pseudo/{net}_rw", "dir"),
+            "metrics": File("{seed_dir}/metrics/pseudo_{net}_rw.json", "metrics"),
+        },
+        wildcards={"seed": SEED, "net": NET},
+        threads=2,
     ),
     # --------------------------------------------------------------------------------------------- segment
     Stage(
-        "train_seg", "segment", "train the segmentation network on pseudo labels or on the GT (upper bound)",
+        "train_seg",
+        "segment",
+        "train the segmentation network on pseudo labels or on the GT (upper bound)",
         keys=_train_seg_keys,
-        inputs={"data": File(DATA),
-                "labels": File("{seed_dir}/pseudo/{final_net}_{pseudo_kind}", when=lambda c, w: w["source"] == "pseudo"),
-                "support": File(SUPPORT.path, when=_seg_init)},
-        outputs={"ckpt": File("{seed_dir}/models/deeplab_{source}/checkpoint.pt"),
-                 "metrics": File("{seed_dir}/metrics/train_seg_{source}.json", "metrics"),
-                 "plot": File("{seed_dir}/plots/train_seg_{source}.json", "plot")},
-        wildcards={"seed": SEED, "source": "pseudo|gt"}, scratch={"state": "{seed_dir}/state/deeplab_{source}.pt"},
+        inputs={
+            "data": File(DATA),
+            "labels": File("{seed_dir}/pseudo/{final_net}_{pseudo_kind}", when=lambda c, w: w["source"] == "pseudo"),
+            "support": File(SUPPORT.path, when=_seg_init),
+        },
+        outputs=_trained("deeplab_{source}", "train_seg_{source}"),
+        wildcards={"seed": SEED, "source": "pseudo|gt"},
+        scratch={"state": "{seed_dir}/state/deeplab_{source}.pt"},
         **GPU_STAGE,
     ),
     Stage(
-        "eval_seg", "segment", "val mIoU of the segmentation network, with and without CRF",
+        "eval_seg",
+        "segment",
+        "val mIoU of the segmentation network, with and without CRF",
         keys=_static("data.val_split", "segment.scales", "segment.flip", "segment.crf", "segment.n_saved_predictions"),
         inputs={"data": File(DATA), "ckpt": File("{seed_dir}/models/deeplab_{source}/checkpoint.pt")},
-        outputs={"metrics": File("{seed_dir}/metrics/seg_{source}.json", "metrics"),
-                 "pred": File("{seed_dir}/seg/{source}/val", "dir")},
-        wildcards={"seed": SEED, "source": "pseudo|gt"}, threads="all",
+        outputs={
+            "metrics": File("{seed_dir}/metrics/seg_{source}.json", "metrics"),
+            "pred": File("{seed_dir}/seg/{source}/val", "dir"),
+        },
+        wildcards={"seed": SEED, "source": "pseudo|gt"},
+        threads="all",
     ),
     Stage(
-        "export_seg", "segment", "predictions of a split packed in the VOC evaluation server's format",
+        "export_seg",
+        "segment",
+        "predictions of a split packed in the VOC evaluation server's format",
         keys=_export_keys,
         inputs={"data": File(DATA), "ckpt": File("{seed_dir}/models/deeplab_pseudo/checkpoint.pt")},
-        outputs={"archive": File("{seed_dir}/export/voc_{split}_comp6.tar.gz"),
-                 "metrics": File("{seed_dir}/metrics/export_{split}.json", "metrics")},
-        wildcards={"seed": SEED, "split": "[A-Za-z0-9_]+"}, threads="all",
+        outputs={
+            "archive": File("{seed_dir}/export/voc_{split}_comp6.tar.gz"),
+            "metrics": File("{seed_dir}/metrics/export_{split}.json", "metrics"),
+        },
+        wildcards={"seed": SEED, "split": "[A-Za-z0-9_]+"},
+        threads="all",
     ),
     # ---------------------------------------------------------------------------------------- single stage
     Stage(
-        "train_single_stage", "single_stage", "train a single-stage (AA&LR) variant end to end from image labels",
+        "train_single_stage",
+        "single_stage",
+        "train a single-stage (AA&LR) variant end to end from image labels",
         keys=_single_stage_keys,
-        inputs={"data": File(DATA),
-                "support": File(SUPPORT.path, when=lambda c, w: c["single_stage"]["init_from_supportnet"])},
-        outputs={"ckpt": File("{seed_dir}/models/single_stage_{variant}/checkpoint.pt"),
-                 "metrics": File("{seed_dir}/metrics/train_single_stage_{variant}.json", "metrics"),
-                 "plot": File("{seed_dir}/plots/train_single_stage_{variant}.json", "plot")},
-        wildcards={"seed": SEED, "variant": "|".join(SINGLE_STAGE_VARIANTS)}, slice_by=("variant",),
+        inputs={
+            "data": File(DATA),
+            "support": File(SUPPORT.path, when=lambda c, w: c["single_stage"]["init_from_supportnet"]),
+        },
+        outputs=_trained("single_stage_{variant}", "train_single_stage_{variant}"),
+        wildcards={"seed": SEED, "variant": "|".join(SINGLE_STAGE_VARIANTS)},
+        slice_by=("variant",),
         slices=lambda c: [{"variant": v} for v in single_stage_variants(c)],
-        scratch={"state": "{seed_dir}/state/single_stage_{variant}.pt"}, **GPU_STAGE,
+        scratch={"state": "{seed_dir}/state/single_stage_{variant}.pt"},
+        **GPU_STAGE,
     ),
     Stage(
-        "eval_single_stage", "single_stage",
+        "eval_single_stage",
+        "single_stage",
         "single-stage val mIoU with and without CRF, and its masks / pseudo GT scored on cam_split",
         keys=_eval_single_stage_keys,
         inputs={"data": File(DATA), "ckpt": File("{seed_dir}/models/single_stage_{variant}/checkpoint.pt")},
-        outputs={"metrics": File("{seed_dir}/metrics/seg_single_stage_{variant}.json", "metrics"),
-                 "pred": File("{seed_dir}/seg/single_stage_{variant}/val", "dir")},
-        wildcards={"seed": SEED, "variant": "|".join(SINGLE_STAGE_VARIANTS)}, threads="all",
+        outputs={
+            "metrics": File("{seed_dir}/metrics/seg_single_stage_{variant}.json", "metrics"),
+            "pred": File("{seed_dir}/seg/single_stage_{variant}/val", "dir"),
+        },
+        wildcards={"seed": SEED, "variant": "|".join(SINGLE_STAGE_VARIANTS)},
+        threads="all",
     ),
     # ---------------------------------------------------------------------------------------------- report
     Stage(
-        "report", "report", "tables (MD/CSV/HTML) and figures regenerated from the metric files",
+        "report",
+        "report",
+        "tables (MD/CSV/HTML) and figures regenerated from the metric files",
         keys=_report_keys,
         inputs={
             "data": File(DATA),
             "train": Gather("{exp}/seed{seed}/metrics/train_{net}.json", lambda c: _seeds(c, net=nets(c))),
             "cam_metrics": Gather("{exp}/seed{seed}/metrics/cam_{net}.json", lambda c: _seeds(c, net=nets(c))),
             "cams": Gather("{exp}/seed{seed}/cams/{net}", lambda c: _first_seed(c, net=nets(c))),
-            "pseudo_metrics": Gather("{exp}/seed{seed}/metrics/pseudo_{net}_crf.json",
-                                     lambda c: _seeds(c, net=c["refine"]["crf_nets"])),
-            "pseudo": Gather("{exp}/seed{seed}/pseudo/{net}_crf", lambda c: _first_seed(c, net=c["refine"]["crf_nets"])),
-            "rw_metrics": Gather("{exp}/seed{seed}/metrics/pseudo_{net}_rw.json",
-                                 lambda c: _seeds(c, net=c["refine"]["random_walk"]["nets"])),
-            "affinity": Gather("{exp}/seed{seed}/metrics/train_affinity_{net}.json",
-                               lambda c: _seeds(c, net=c["refine"]["random_walk"]["nets"])),
-            "single_stage": Gather("{exp}/seed{seed}/metrics/seg_single_stage_{variant}.json",
-                                   lambda c: _seeds(c, variant=single_stage_variants(c))),
-            "train_seg": Gather("{exp}/seed{seed}/metrics/train_seg_{source}.json",
-                                lambda c: _seeds(c, source=seg_sources(c))),
-            "seg_metrics": Gather("{exp}/seed{seed}/metrics/seg_{source}.json", lambda c: _seeds(c, source=seg_sources(c))),
+            "pseudo_metrics": Gather(
+                "{exp}/seed{seed}/metrics/pseudo_{net}_crf.json", lambda c: _seeds(c, net=c["refine"]["crf_nets"])
+            ),
+            "pseudo": Gather(
+                "{exp}/seed{seed}/pseudo/{net}_crf", lambda c: _first_seed(c, net=c["refine"]["crf_nets"])
+            ),
+            "rw_metrics": Gather(
+                "{exp}/seed{seed}/metrics/pseudo_{net}_rw.json",
+                lambda c: _seeds(c, net=c["refine"]["random_walk"]["nets"]),
+            ),
+            "affinity": Gather(
+                "{exp}/seed{seed}/metrics/train_affinity_{net}.json",
+                lambda c: _seeds(c, net=c["refine"]["random_walk"]["nets"]),
+            ),
+            "single_stage": Gather(
+                "{exp}/seed{seed}/metrics/seg_single_stage_{variant}.json",
+                lambda c: _seeds(c, variant=single_stage_variants(c)),
+            ),
+            "train_seg": Gather(
+                "{exp}/seed{seed}/metrics/train_seg_{source}.json", lambda c: _seeds(c, source=seg_sources(c))
+            ),
+            "seg_metrics": Gather(
+                "{exp}/seed{seed}/metrics/seg_{source}.json", lambda c: _seeds(c, source=seg_sources(c))
+            ),
             "pred": Gather("{exp}/seed{seed}/seg/{source}/val", lambda c: _first_seed(c, source=seg_sources(c))),
         },
         outputs={"out": File("{exp}/report", "report")},
@@ -437,8 +582,11 @@ def data_stage(cfg: dict) -> str:
 
 def active_stages(cfg: dict) -> list[Stage]:
     """The stages whose rules the DAG of ``cfg`` defines (the data path depends on ``data.source``)."""
-    skip = {"make_data", "download", "prepare_voc"} - {data_stage(cfg)} - (
-        {"download"} if cfg["data"]["source"] != "synthetic" else set())
+    skip = (
+        {"make_data", "download", "prepare_voc"}
+        - {data_stage(cfg)}
+        - ({"download"} if cfg["data"]["source"] != "synthetic" else set())
+    )
     return [s for s in STAGES.values() if s.name not in skip]
 
 

@@ -1,4 +1,4 @@
-# Validation, the run's config slices, and the one rule factory: every stage rule is derived from its declaration
+# Validation, the run's config, and the one factory of stage rules (stage_rule) - each derived from its declaration
 # in src/wsss/registry.py (files, wildcards, config keys, code, resources); the rule files only say which stages
 # make up their group.
 import os
@@ -13,19 +13,26 @@ from wsss import config as wconfig  # noqa: E402
 from wsss import registry  # noqa: E402
 from wsss.io import write_text  # noqa: E402
 
+# The run's config is one file. `snakemake --configfile A B` reads B as a second config file: most often B was
+# meant as a target, so say so before B's keys fail validation.
+if len(workflow.configfiles) != 1:
+    raise ValueError(
+        f"give exactly one config file; got {len(workflow.configfiles)}: {', '.join(map(str, workflow.configfiles))}. "
+        "Snakemake reads every argument after --configfile as a config file: put targets before --configfile "
+        "(snakemake <targets> --configfile FILE)"
+    )
 # Our validator first: its message names the key and the file; then Snakemake's, on the same schema file.
-wconfig.validate(dict(config), source=" ".join(map(str, workflow.configfiles)) or "config")
+wconfig.validate(dict(config), source=str(workflow.configfiles[0]))
 validate(config, str(wconfig.SCHEMA_PATH))
 
 
 report: "../report/workflow.rst"
 
 
-# The run's config is one file: values given with `--config key=value` would bypass it (and DVC), so refuse them.
-if len(workflow.configfiles) != 1:
-    raise ValueError(f"give exactly one config file (got {workflow.configfiles})")
+# Values given with `--config key=value` would bypass the config file (and DVC): refuse them.
 CONFIGFILE = os.path.relpath(workflow.configfiles[0])
 CFG = wconfig.load(CONFIGFILE)
+wconfig.check_batches(CFG, source=CONFIGFILE)
 if wconfig.validate(dict(config)) != CFG:
     raise ValueError(
         f"the config in memory differs from {CONFIGFILE}: overrides given with --config do not reach the stages; "
@@ -42,18 +49,6 @@ SLICES = registry.all_slices(CFG)
 ALL_CORES = workflow._cores or 1
 
 
-rule config:
-    output:
-        registry.params_path(CFG),
-    params:
-        text=lambda wildcards: SLICES[wildcards.slice],
-    wildcard_constraints:
-        slice="|".join(map(re.escape, SLICES)),
-    localrule: True
-    run:
-        write_text(output[0], params.text)
-
-
 def _output(stage):
     """The stage's output templates, flagged for Snakemake (folders, the report)."""
     out = {}
@@ -62,8 +57,9 @@ def _output(stage):
         if kind == "dir":
             path = directory(path)
         elif kind == "report":
-            path = report(directory(path), caption="../report/report.rst", htmlindex="index.html",
-                          category="wsss report")
+            path = report(
+                directory(path), caption="../report/report.rst", htmlindex="index.html", category="wsss report"
+            )
         out[name] = path
     return out
 
@@ -83,8 +79,9 @@ def stage_rule(name):
         return registry.input_paths(stage, CFG, dict(wildcards.items()))
 
     def args(wildcards, input, output):
-        return registry.cli_args(stage, dict(wildcards.items()), dict(input.items()), dict(output.items()),
-                                 scratch, values)
+        return registry.cli_args(
+            stage, dict(wildcards.items()), dict(input.items()), dict(output.items()), scratch, values
+        )
 
     def launch(wildcards, resources):
         # one process per GPU the job holds (DDP under torchrun), the plain CLI otherwise
@@ -97,16 +94,18 @@ def stage_rule(name):
             unpack(inputs),
         output:
             **_output(stage),
-        params:
-            code=registry.code_digest(stage.module),  # the stage's modules: editing one re-runs its jobs
-            launch=launch,
-            args=args,
         log:
             registry.log_path(stage, CFG),
         wildcard_constraints:
             **stage.wildcards,
+        conda:
+            "../../environment.yml"
         threads: ALL_CORES if stage.threads == "all" else stage.threads
         resources:
             **resources,
+        params:
+            code=registry.code_digest(stage.module),  # the stage's modules: editing one re-runs its jobs
+            launch=launch,
+            args=args,
         shell:
-            "{params.launch} " + name + " --params {input.params:q} --threads {threads} --log {log:q} {params.args}"
+            f"{{params.launch}} {name} --params {{input.params:q}} --threads {{threads}} --log {{log:q}} {{params.args}}"

@@ -22,8 +22,9 @@ import socket
 import tarfile
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from torchvision.datasets.utils import calculate_md5, extract_archive
 

@@ -10,8 +10,8 @@ instead of the third-party ``SegmentationClassAug.zip`` (peers.md §2.2, §3.2).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from PIL import Image
@@ -83,9 +83,7 @@ def convert_into(sbd_root: PathLike, folder: PathLike, ids: Iterable[str] | None
         mats = [cls_dir / f"{i}.mat" for i in ids]
         missing = [str(m) for m in mats if not m.is_file()]
         if missing:
-            raise WsssInputError(
-                f"{len(missing)} SBD masks missing, first: {missing[:5]}; re-extract benchmark.tgz"
-            )
+            raise WsssInputError(f"{len(missing)} SBD masks missing, first: {missing[:5]}; re-extract benchmark.tgz")
     if not mats:
         raise WsssInputError(f"{cls_dir}: no .mat files; re-extract benchmark.tgz")
     for mat in mats:

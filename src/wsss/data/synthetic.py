@@ -76,6 +76,7 @@ def _group_tones(g: int, n_groups: int) -> list[np.ndarray]:
 
 def _unit_polygon(name: str) -> np.ndarray:
     """Polygon of ``name`` in unit coordinates (x right, y down, extent about [-1, 1])."""
+
     def ring(n: int, r: float = 1.0, phase: float = 0.0) -> list[tuple[float, float]]:
         t = phase + 2 * np.pi * np.arange(n) / n
         return list(zip(r * np.cos(t), r * np.sin(t)))
@@ -86,7 +87,20 @@ def _unit_polygon(name: str) -> np.ndarray:
         "rectangle": [(-0.95, -0.95), (0.95, -0.95), (0.95, 0.95), (-0.95, 0.95)],
         "triangle": [(0.0, -1.0), (1.0, 0.85), (-1.0, 0.85)],
         "hexagon": ring(6),
-        "cross": [(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a), (-1, a), (-1, -a), (-a, -a)],
+        "cross": [
+            (-a, -1),
+            (a, -1),
+            (a, -a),
+            (1, -a),
+            (1, a),
+            (a, a),
+            (a, 1),
+            (-a, 1),
+            (-a, a),
+            (-1, a),
+            (-1, -a),
+            (-a, -a),
+        ],
         "star": [p for o, i in zip(ring(5, 1.0, -np.pi / 2), ring(5, 0.5, -np.pi / 2 + np.pi / 5)) for p in (o, i)],
         "lshape": [(-1, -1), (-0.1, -1), (-0.1, 0.1), (1, 0.1), (1, 1), (-1, 1)],
         "arrow": [(-1, -0.4), (0.15, -0.4), (0.15, -0.95), (1, 0), (0.15, 0.95), (0.15, 0.4), (-1, 0.4)],
@@ -97,7 +111,9 @@ def _unit_polygon(name: str) -> np.ndarray:
 _POLYGONS = {name: _unit_polygon(name) for name in SHAPE_NAMES}
 
 
-def _shape_mask(shape: str, h: int, w: int, cx: float, cy: float, half_w: float, half_h: float, angle: float) -> np.ndarray:
+def _shape_mask(
+    shape: str, h: int, w: int, cx: float, cy: float, half_w: float, half_h: float, angle: float
+) -> np.ndarray:
     """Boolean HxW mask of a scaled, rotated polygon centred at (cx, cy)."""
     p = _POLYGONS[shape] * (half_w, half_h)
     c, s = np.cos(angle), np.sin(angle)
@@ -123,8 +139,9 @@ def _disc_in(body: np.ndarray, fraction: float, rng: np.random.Generator) -> np.
 # ------------------------------------------------------------------------------------------------ painting
 
 
-def _paint_code(canvas: np.ndarray, region: np.ndarray, rgb: np.ndarray, pattern: str, period: float,
-                rng: np.random.Generator) -> None:
+def _paint_code(
+    canvas: np.ndarray, region: np.ndarray, rgb: np.ndarray, pattern: str, period: float, rng: np.random.Generator
+) -> None:
     """Fill ``region`` with ``rgb``, solid or in coarse dark stripes of the given period (random orientation)."""
     ys, xs = np.nonzero(region)
     colour = np.broadcast_to(rgb, (len(ys), 3)).copy()
@@ -285,8 +302,14 @@ def _try_render(spec: dict[str, Any], cat: dict[str, Any], rng: np.random.Genera
         if on.sum() < _MIN_VISIBLE_PX or (parts[on] == 1).sum() < _MIN_PART_PX:
             return None
     image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
-    return {"image": image, "label": label, "parts": parts, "classes": labels_from_mask(label),
-            "context": kind, "context_rows": list(rows) if rows else None}
+    return {
+        "image": image,
+        "label": label,
+        "parts": parts,
+        "classes": labels_from_mask(label),
+        "context": kind,
+        "context_rows": list(rows) if rows else None,
+    }
 
 
 def _draw_object(canvas, c, h, w, spec, cat, rows, taken, rng):
@@ -385,7 +408,9 @@ def _metadata(spec, cat, stats, images) -> dict[str, Any]:
         "classes": list(VOC_CLASSES),
         "class_group": cat["group"],
         "group_shape": cat["shape"],
-        "class_code": {c: {**v, "rgb": _code_rgb(v["hue"]).round().astype(int).tolist()} for c, v in cat["code"].items()},
+        "class_code": {
+            c: {**v, "rgb": _code_rgb(v["hue"]).round().astype(int).tolist()} for c, v in cat["code"].items()
+        },
         "context_classes": cat["context"],
         "part_mask_values": {"0": "not an object", "1": "discriminative part", "2": "body", "255": "ignore border"},
         "images": images,

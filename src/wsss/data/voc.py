@@ -12,8 +12,8 @@ from it); ``seed`` separates datasets that would otherwise share draws.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -23,8 +23,27 @@ from torch.utils.data import Dataset
 from wsss.io import WsssInputError, read_image, read_json, read_label_png
 
 VOC_CLASSES: tuple[str, ...] = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 NUM_CLASSES = len(VOC_CLASSES)  # 21 including background
 NUM_FG = NUM_CLASSES - 1  # 20 classifier outputs; output c is VOC class c + 1
@@ -323,8 +342,7 @@ class SegmentationDataset(Dataset):
         img, mask = read_image(ipath), read_label_png(mpath)
         if img.shape[:2] != mask.shape:
             raise WsssInputError(
-                f"{mpath}: mask size {mask.shape} differs from image {ipath} size {img.shape[:2]}; "
-                "regenerate the mask"
+                f"{mpath}: mask size {mask.shape} differs from image {ipath} size {img.shape[:2]}; regenerate the mask"
             )
         if self.train:
             x, mask = augment(img, mask, self.crop, sample_rng(self.seed, index), self.scale_range, self.jitter)

@@ -249,10 +249,16 @@ def prepare_voc(
                 mask_classes = labels_from_mask(read_label_png(mpath))
                 if mask_classes != labels[i]:
                     xml_set, mask_set = set(labels[i]), set(mask_classes)
-                    disagreements.append({
-                        "id": i, "xml": labels[i], "mask": mask_classes, "mask_source": source,
-                        "xml_only": sorted(xml_set - mask_set), "mask_only": sorted(mask_set - xml_set),
-                    })
+                    disagreements.append(
+                        {
+                            "id": i,
+                            "xml": labels[i],
+                            "mask": mask_classes,
+                            "mask_source": source,
+                            "xml_only": sorted(xml_set - mask_set),
+                            "mask_only": sorted(mask_set - xml_set),
+                        }
+                    )
 
         for split, ids in splits.items():
             write_text(tmp / "ImageSets" / "Segmentation" / f"{split}.txt", "".join(f"{i}\n" for i in ids))

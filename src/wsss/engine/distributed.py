@@ -24,7 +24,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from typing import Any, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as td
@@ -35,9 +36,22 @@ T = TypeVar("T")
 log = logging.getLogger("wsss")
 
 __all__ = [
-    "init", "cleanup", "is_initialized", "rank", "world_size", "is_main", "device", "barrier",
-    "shard", "all_gather_object", "broadcast_object", "all_reduce_sum", "global_mean", "local_batch_size",
-    "convert_sync_batchnorm", "CPUSyncBatchNorm",
+    "init",
+    "cleanup",
+    "is_initialized",
+    "rank",
+    "world_size",
+    "is_main",
+    "device",
+    "barrier",
+    "shard",
+    "all_gather_object",
+    "broadcast_object",
+    "all_reduce_sum",
+    "global_mean",
+    "local_batch_size",
+    "convert_sync_batchnorm",
+    "CPUSyncBatchNorm",
 ]
 
 
@@ -259,9 +273,11 @@ def convert_sync_batchnorm(module: nn.Module, on_gpu: bool | None = None) -> nn.
     if on_gpu is None:
         on_gpu = device().type == "cuda"
     out = module
-    if (isinstance(module, nn.modules.batchnorm._BatchNorm)
-            and not isinstance(module, (CPUSyncBatchNorm, nn.SyncBatchNorm))
-            and not getattr(module, "_wsss_frozen", False)):
+    if (
+        isinstance(module, nn.modules.batchnorm._BatchNorm)
+        and not isinstance(module, (CPUSyncBatchNorm, nn.SyncBatchNorm))
+        and not getattr(module, "_wsss_frozen", False)
+    ):
         cls = nn.SyncBatchNorm if on_gpu else CPUSyncBatchNorm
         out = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
         if module.affine:

@@ -22,9 +22,10 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,7 +93,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: dict, total_ste
         return torch.optim.lr_scheduler.LambdaLR(optimizer, one_cycle)
     if kind == "poly":
         power = optim_cfg["poly_power"]
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (1 - min(s, total_steps - 1) / total_steps) ** power)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: (1 - min(s, total_steps - 1) / total_steps) ** power
+        )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
 
 
@@ -137,8 +140,13 @@ class TrainState:
         self.history = state["history"]
         set_rng_state(state["rng"])
         inputs = self.config.get("inputs", {})
-        log.info("resumed from %s at epoch %d: it matched the config, the code (%s) and the inputs %s", state_path,
-                 self.epoch, code_digest(), ", ".join(f"{k}={v}" for k, v in sorted(inputs.items())) or "(none)")
+        log.info(
+            "resumed from %s at epoch %d: it matched the config, the code (%s) and the inputs %s",
+            state_path,
+            self.epoch,
+            code_digest(),
+            ", ".join(f"{k}={v}" for k, v in sorted(inputs.items())) or "(none)",
+        )
         return True
 
 
@@ -172,15 +180,22 @@ def fit(
         sums: dict[str, float] = {}
         n = 0
         loader = make_loader(epoch)
-        bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False, mininterval=5,
-                   disable=None if main else True)
+        bar = tqdm(
+            loader,
+            desc=f"{desc} epoch {epoch + 1}/{epochs}",
+            leave=False,
+            mininterval=5,
+            disable=None if main else True,
+        )
         for batch in bar:
             losses = step(batch)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             n += 1
             if not math.isfinite(losses.get("loss", 0.0)):
-                raise FloatingPointError(f"{desc}: loss became {losses['loss']} at epoch {epoch + 1}; lower the learning rate")
+                raise FloatingPointError(
+                    f"{desc}: loss became {losses['loss']} at epoch {epoch + 1}; lower the learning rate"
+                )
         if dist.world_size() > 1:  # the epoch's mean losses over every process (the same record on each rank)
             keys = sorted(sums)
             tot = dist.all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
@@ -232,8 +247,9 @@ def global_batches(n: int, global_batch: int, generator: torch.Generator, rank: 
     """
     local = global_batch // world
     order = torch.randperm(n, generator=generator).tolist()
-    return [order[b * global_batch + rank * local: b * global_batch + (rank + 1) * local]
-            for b in range(n // global_batch)]
+    return [
+        order[b * global_batch + rank * local : b * global_batch + (rank + 1) * local] for b in range(n // global_batch)
+    ]
 
 
 BATCHNORM_MODES = ("sync", "frozen", "local")
@@ -273,8 +289,12 @@ def _to_device(batch: dict, device: torch.device, dtype: torch.dtype = torch.flo
     """The batch on ``device``, its floating tensors (images, soft labels) in ``dtype``."""
     if device.type == "cpu" and dtype == torch.float32:
         return batch
-    return {k: (v.to(device, dtype=dtype if v.is_floating_point() else None, non_blocking=True)
-                if torch.is_tensor(v) else v) for k, v in batch.items()}
+    return {
+        k: (
+            v.to(device, dtype=dtype if v.is_floating_point() else None, non_blocking=True) if torch.is_tensor(v) else v
+        )
+        for k, v in batch.items()
+    }
 
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -313,6 +333,13 @@ def train(
     global_batch = tcfg["batch_size"]
     key = f"{section}.train.batch_size" if section else f"train.batch_size ({desc})"
     dist.local_batch_size(global_batch, world, key=key)  # refuses a global batch the processes do not divide
+    if len(dataset) < global_batch:  # every batch is a full one: such a run would take no step at all
+        from wsss.io import WsssInputError
+
+        raise WsssInputError(
+            f"{key} = {global_batch} is larger than the training split ({len(dataset)} images): "
+            "no batch would be trained; lower the batch size or use a larger split"
+        )
     device = dist.device()
     dtype = DTYPES[tcfg.get("dtype", "float32")]
     net.to(device, dtype=dtype)
@@ -332,15 +359,22 @@ def train(
         # find_unused_parameters: a stage's net may hold heads its objective does not use (CAMNet.proj)
         # buffers (BN running statistics) start equal (synchronised at construction) and stay equal with
         # batchnorm sync/frozen: no per-forward broadcast
-        forward = DistributedDataParallel(_Objective(net, objective),
-                                          device_ids=[device] if device.type == "cuda" else None,
-                                          forward_sync_buffers=False, find_unused_parameters=True)
+        forward = DistributedDataParallel(
+            _Objective(net, objective),
+            device_ids=[device] if device.type == "cuda" else None,
+            forward_sync_buffers=False,
+            find_unused_parameters=True,
+        )
 
     def make_loader(epoch: int):
         dataset.seed = seed * 1000 + epoch  # fresh augmentation each epoch, deterministic
         batches = global_batches(len(dataset), global_batch, epoch_generator(seed, epoch), rank, world)
-        return torch.utils.data.DataLoader(EpochSeededDataset(dataset, seed, epoch), batch_sampler=batches,
-                                           num_workers=0, generator=epoch_generator(seed, epoch))
+        return torch.utils.data.DataLoader(
+            EpochSeededDataset(dataset, seed, epoch),
+            batch_sampler=batches,
+            num_workers=0,
+            generator=epoch_generator(seed, epoch),
+        )
 
     def step(batch: dict) -> dict:
         batch = _to_device(batch, device, dtype)
@@ -354,8 +388,15 @@ def train(
         scheduler.step()
         return {k: float(v.detach()) for k, v in losses.items()}
 
-    fit(state, epochs=tcfg["epochs"], make_loader=make_loader, step=step, state_path=state_path,
-        end_of_epoch=end_of_epoch, desc=desc)
+    fit(
+        state,
+        epochs=tcfg["epochs"],
+        make_loader=make_loader,
+        step=step,
+        state_path=state_path,
+        end_of_epoch=end_of_epoch,
+        desc=desc,
+    )
     if dist.is_main():
         final = state.to_dict()
         final.update(extra or {})

@@ -19,7 +19,7 @@ Classes: region value 0 = background, c + 1 = classifier output c, 255 = ignored
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

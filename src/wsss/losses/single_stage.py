@@ -92,8 +92,9 @@ def pseudo_gt(
     return torch.where(n == 1, gt, torch.full_like(gt, IGNORE_INDEX))
 
 
-def mask_loss(logits: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, *, balanced: bool,
-              require_all_classes: bool) -> torch.Tensor:
+def mask_loss(
+    logits: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, *, balanced: bool, require_all_classes: bool
+) -> torch.Tensor:
     """Segmentation CE of ``logits`` [B,C,H,W] against the pseudo GT ``target`` [B,H,W] (255 ignored).
 
     ``balanced`` (1-stage ``balanced_mask_loss_ce``): pixel of class c weighted by (N - N_c) / (1 + N), N = labelled

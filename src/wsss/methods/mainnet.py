@@ -55,8 +55,9 @@ class MainNetObjective:
         s_cam = normalize_cam(F.relu(s_out["cam"]))
         region = rcm.region_labels(s_cam, y, c["fg_threshold"], c["bg_threshold"])
         # batch prototypes pool over the global batch under DDP (all-reduced), as with one process
-        protos, present = rcm.class_prototypes(s_out["features"], region, num_classes=21, scope=c["prototype_scope"],
-                                               reduce=dist.all_reduce_sum)
+        protos, present = rcm.class_prototypes(
+            s_out["features"], region, num_classes=21, scope=c["prototype_scope"], reduce=dist.all_reduce_sum
+        )
         if self.memory is not None:
             self.memory.update(protos, present)
             protos, present = self.memory.get()

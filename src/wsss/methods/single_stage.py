@@ -76,7 +76,9 @@ class SingleStageObjective:
             extra["pseudo_ignored"] = (pgt == IGNORE_INDEX).float().mean()
             if self.use_lr:
                 c = s["lr"]
-                emb = F.normalize(F.interpolate(out["embedding"], size=grid, mode="bilinear", align_corners=True), dim=1)
+                emb = F.normalize(
+                    F.interpolate(out["embedding"], size=grid, mode="bilinear", align_corners=True), dim=1
+                )
                 centres, present = class_centres(emb, pgt, num_classes=logits.shape[1], detach=c["detach_centres"])
                 new = reassign(emb, pgt, centres, present, margin=c["margin"], mode=c["mode"])
                 extra["lr_reassigned"] = ((new != pgt) & (pgt != IGNORE_INDEX)).float().mean()
@@ -84,19 +86,26 @@ class SingleStageObjective:
                 if c["relabel_segmentation"]:
                     seg_target = new
             m = s["mask_loss"]
-            extra["loss_seg"] = m["weight"] * mask_loss(up, seg_target, labels, balanced=m["balanced"],
-                                                        require_all_classes=m["require_all_classes"])
+            extra["loss_seg"] = m["weight"] * mask_loss(
+                up, seg_target, labels, balanced=m["balanced"], require_all_classes=m["require_all_classes"]
+            )
             if self.use_aa:
                 c = s["aa"]
                 aa_logits, aa_target, conf = up, seg_target, refined.amax(1)
                 if c["grid"] == "logits":  # AAF: labels shrunk (nearest) to the network output's size
                     aa_logits = seg_logits
-                    aa_target = F.interpolate(seg_target[:, None].float(), size=seg_logits.shape[-2:],
-                                              mode="nearest")[:, 0].long()
+                    aa_target = F.interpolate(seg_target[:, None].float(), size=seg_logits.shape[-2:], mode="nearest")[
+                        :, 0
+                    ].long()
                     conf = F.interpolate(conf[:, None], size=seg_logits.shape[-2:], mode="nearest")[:, 0]
                 extra["loss_aa"] = c["weight"] * adaptive_affinity_loss(
-                    aa_logits, aa_target, dilations=c["dilations"], margin=c["margin"], weighting=c["weighting"],
-                    confidence=conf)
+                    aa_logits,
+                    aa_target,
+                    dilations=c["dilations"],
+                    margin=c["margin"],
+                    weighting=c["weighting"],
+                    confidence=conf,
+                )
         losses.update(extra)
         losses["loss"] = sum(v for k, v in losses.items() if k.startswith("loss_"))
         return losses

@@ -60,7 +60,9 @@ def predict(rec: ScoreRecorder, img: np.ndarray, tcfg, labels: np.ndarray | None
 
 
 @torch.no_grad()
-def pamr_pseudo_label(net: nn.Module, objective: SingleStageObjective, img: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def pamr_pseudo_label(
+    net: nn.Module, objective: SingleStageObjective, img: np.ndarray, labels: np.ndarray
+) -> np.ndarray:
     """The training-time pseudo GT of one full image (single scale), nearest-upsampled to the image size."""
     x = voc.normalize(img)[None]
     logits = net(x)["logits"]

@@ -28,8 +28,9 @@ def _layer_channels(layer: nn.Sequential) -> int:
 class AffinityNet(nn.Module):
     """``forward(x [B,3,H,W]) -> embedding [B, embed_dim, ⌈H/s⌉, ⌈W/s⌉]`` at stride s = ``stride`` (8, PSA; or 4)."""
 
-    def __init__(self, backbone_cfg: dict, embed_dim: int = 448, dims: tuple[int, int, int] = (64, 128, 256),
-                 stride: int = 8):
+    def __init__(
+        self, backbone_cfg: dict, embed_dim: int = 448, dims: tuple[int, int, int] = (64, 128, 256), stride: int = 8
+    ):
         super().__init__()
         if stride not in (4, 8):
             raise ValueError(f"AffinityNet stride must be 4 or 8, got {stride}")
@@ -71,13 +72,8 @@ def affinity_net_from_config(rw) -> AffinityNet:
 
 def load_affinity_net(path) -> tuple[AffinityNet, dict]:
     """(the affinity network in eval mode, its checkpoint dict) of a ``train_affinity`` output."""
-    from wsss.engine.checkpoint import load_checkpoint
-    from wsss.io import WsssInputError
+    from wsss.engine.checkpoint import load_model
 
-    ckpt = load_checkpoint(path, kind="affinity network checkpoint (train_affinity)", need=("config",))
-    if "random_walk" not in ckpt["config"]:
-        raise WsssInputError(f"{path}: not an affinity network checkpoint (train_affinity); pass a "
-                             "models/affinity_*/ checkpoint")
-    net = affinity_net_from_config(ckpt["config"]["random_walk"])
-    net.load_state_dict(ckpt["model"])
-    return net.eval(), ckpt
+    return load_model(
+        path, section="random_walk", build=affinity_net_from_config, kind="affinity network checkpoint (train_affinity)"
+    )

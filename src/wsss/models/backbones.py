@@ -20,7 +20,14 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-__all__ = ["build_backbone", "freeze_bn", "init_from_supportnet", "ResNetBackbone", "BACKBONES", "load_torchvision_weights"]
+__all__ = [
+    "build_backbone",
+    "freeze_bn",
+    "init_from_supportnet",
+    "ResNetBackbone",
+    "BACKBONES",
+    "load_torchvision_weights",
+]
 
 BACKBONES = ("resnet_small", "resnet18", "resnet50", "resnet101")
 
@@ -229,11 +236,12 @@ def init_from_supportnet(backbone: nn.Module, support_ckpt, *, key: str) -> int:
     from wsss.io import WsssInputError
 
     sd = load_checkpoint(support_ckpt, kind="SupportNet checkpoint (train_supportnet)", need=("backbone",))["model"]
-    src = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    src = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
     try:
         backbone.load_state_dict(src, strict=True)
     except RuntimeError as e:
         raise WsssInputError(
             f"{support_ckpt}: SupportNet's backbone does not match this network's ({str(e).splitlines()[0]}); use the "
-            f"same backbone config as supportnet.backbone or set {key}: false") from e
+            f"same backbone config as supportnet.backbone or set {key}: false"
+        ) from e
     return len(src)

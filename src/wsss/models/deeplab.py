@@ -30,9 +30,15 @@ from .backbones import ResNetBackbone, build_backbone, load_torchvision_weights
 __all__ = ["build_segmenter", "segmenter_from_config", "load_segmenter", "Segmenter", "SEGMENTERS"]
 
 SEGMENTERS = (
-    "deeplabv3_small", "deeplabv3_resnet50", "deeplabv3_resnet101",
-    "deeplabv2_small", "deeplabv2_resnet50", "deeplabv2_resnet101",
-    "deeplabv3plus_small", "deeplabv3plus_resnet50", "deeplabv3plus_resnet101",
+    "deeplabv3_small",
+    "deeplabv3_resnet50",
+    "deeplabv3_resnet101",
+    "deeplabv2_small",
+    "deeplabv2_resnet50",
+    "deeplabv2_resnet101",
+    "deeplabv3plus_small",
+    "deeplabv3plus_resnet50",
+    "deeplabv3plus_resnet101",
 )
 
 
@@ -44,7 +50,7 @@ class _DictBackbone(nn.Module):
         self.body = body
         self.out_channels = body.out_channels
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         return OrderedDict(out=self.body(x))
 
 
@@ -109,17 +115,23 @@ class DeepLabV2(nn.Module):
 class DeepLabV3Plus(nn.Module):
     """torchvision ASPP on layer4 + the v3+ decoder on layer1 (stride 4); logits at the input size."""
 
-    def __init__(self, backbone: ResNetBackbone, num_classes: int, rates: Sequence[int], channels: int,
-                 low_channels: int = 48):
+    def __init__(
+        self, backbone: ResNetBackbone, num_classes: int, rates: Sequence[int], channels: int, low_channels: int = 48
+    ):
         super().__init__()
         self.backbone = backbone
         low_in = _layer_out_channels(backbone.layer1)
         self.aspp = tv_deeplab.ASPP(backbone.out_channels, list(rates), out_channels=channels)
-        self.low = nn.Sequential(nn.Conv2d(low_in, low_channels, 1, bias=False), nn.BatchNorm2d(low_channels),
-                                 nn.ReLU())
+        self.low = nn.Sequential(
+            nn.Conv2d(low_in, low_channels, 1, bias=False), nn.BatchNorm2d(low_channels), nn.ReLU()
+        )
         self.decoder = nn.Sequential(
-            nn.Conv2d(channels + low_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
+            nn.Conv2d(channels + low_channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
             nn.Conv2d(channels, num_classes, 1),
         )
 
@@ -203,19 +215,18 @@ def segmenter_from_config(scfg) -> nn.Module:
     """The segmentation network of a ``segment`` config section (model, backbone, aspp_channels, atrous_rates)."""
     bcfg = dict(scfg["backbone"])
     pretrained = bcfg.pop("pretrained")
-    return build_segmenter(scfg["model"], num_classes=21, backbone_cfg=bcfg, pretrained=pretrained,
-                           aspp_channels=scfg["aspp_channels"], atrous_rates=tuple(scfg["atrous_rates"]))
+    return build_segmenter(
+        scfg["model"],
+        num_classes=21,
+        backbone_cfg=bcfg,
+        pretrained=pretrained,
+        aspp_channels=scfg["aspp_channels"],
+        atrous_rates=tuple(scfg["atrous_rates"]),
+    )
 
 
 def load_segmenter(path) -> tuple[nn.Module, dict]:
     """(the segmentation network in eval mode, its checkpoint dict) of a ``train_seg`` output."""
-    from wsss.engine.checkpoint import load_checkpoint
+    from wsss.engine.checkpoint import load_model
 
-    ckpt = load_checkpoint(path, kind="segmentation checkpoint (train_seg)", need=("config",))
-    if "segment" not in ckpt["config"]:
-        from wsss.io import WsssInputError
-
-        raise WsssInputError(f"{path}: not a segmentation checkpoint (train_seg); pass a models/deeplab_*/ checkpoint")
-    net = segmenter_from_config(ckpt["config"]["segment"])
-    net.load_state_dict(ckpt["model"])
-    return net.eval(), ckpt
+    return load_model(path, section="segment", build=segmenter_from_config, kind="segmentation checkpoint (train_seg)")

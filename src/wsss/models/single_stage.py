@@ -32,8 +32,15 @@ from torchvision.models.segmentation import deeplabv3 as tv_deeplab
 
 from .backbones import build_backbone, freeze_bn
 
-__all__ = ["SingleStageNet", "single_stage_from_config", "load_single_stage", "StochasticGate", "GlobalCueInjection",
-           "BACKGROUND_MODES", "SEG_HEADS"]
+__all__ = [
+    "SingleStageNet",
+    "single_stage_from_config",
+    "load_single_stage",
+    "StochasticGate",
+    "GlobalCueInjection",
+    "BACKGROUND_MODES",
+    "SEG_HEADS",
+]
 
 BACKGROUND_MODES = ("constant", "learned")
 SEG_HEADS = ("shared", "separate")
@@ -70,8 +77,9 @@ class GlobalCueInjection(nn.Module):
     def __init__(self, shallow_channels: int, channels: int):
         super().__init__()
         self.fc_deep = _conv_bn_relu(channels, 2 * channels, 1)
-        self.fc_skip = nn.Sequential(nn.Conv2d(shallow_channels, channels, 1, bias=False),
-                                     nn.BatchNorm2d(channels, affine=False))
+        self.fc_skip = nn.Sequential(
+            nn.Conv2d(shallow_channels, channels, 1, bias=False), nn.BatchNorm2d(channels, affine=False)
+        )
         self.fc_cls = _conv_bn_relu(channels, channels, 1)
 
     def forward(self, shallow: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
@@ -138,8 +146,9 @@ class SingleStageNet(nn.Module):
         d1, d2 = dropout
 
         def last_conv() -> nn.Sequential:
-            return nn.Sequential(_conv_bn_relu(c, c, 3), nn.Dropout(d1), _conv_bn_relu(c, c, 3), nn.Dropout(d2),
-                                 nn.Conv2d(c, n_out, 1))
+            return nn.Sequential(
+                _conv_bn_relu(c, c, 3), nn.Dropout(d1), _conv_bn_relu(c, c, 3), nn.Dropout(d2), nn.Conv2d(c, n_out, 1)
+            )
 
         self.last_conv = last_conv()
         self.seg_conv = last_conv() if seg_head == "separate" else None
@@ -185,22 +194,26 @@ class SingleStageNet(nn.Module):
 def single_stage_from_config(scfg) -> SingleStageNet:
     """The single-stage net of a ``single_stage`` config section."""
     return SingleStageNet(
-        scfg["backbone"], num_classes=20, head_channels=scfg["head_channels"], atrous_rates=scfg["atrous_rates"],
-        embedding_dim=scfg["embedding_dim"], sg_psi=scfg["sg_psi"], background=scfg["background"],
-        background_logit=scfg["background_logit"], freeze_backbone_bn=scfg["freeze_backbone_bn"],
+        scfg["backbone"],
+        num_classes=20,
+        head_channels=scfg["head_channels"],
+        atrous_rates=scfg["atrous_rates"],
+        embedding_dim=scfg["embedding_dim"],
+        sg_psi=scfg["sg_psi"],
+        background=scfg["background"],
+        background_logit=scfg["background_logit"],
+        freeze_backbone_bn=scfg["freeze_backbone_bn"],
         seg_head=scfg["seg_head"],
     )
 
 
 def load_single_stage(path) -> tuple[SingleStageNet, dict]:
     """(the single-stage net in eval mode, its checkpoint dict) of a ``train_single_stage`` output."""
-    from wsss.engine.checkpoint import load_checkpoint
-    from wsss.io import WsssInputError
+    from wsss.engine.checkpoint import load_model
 
-    ckpt = load_checkpoint(path, kind="single-stage checkpoint (train_single_stage)", need=("config",))
-    if "single_stage" not in ckpt["config"]:
-        raise WsssInputError(f"{path}: not a single-stage checkpoint (train_single_stage); pass a "
-                             "models/single_stage_*/ checkpoint")
-    net = single_stage_from_config(ckpt["config"]["single_stage"])
-    net.load_state_dict(ckpt["model"])
-    return net.eval(), ckpt
+    return load_model(
+        path,
+        section="single_stage",
+        build=single_stage_from_config,
+        kind="single-stage checkpoint (train_single_stage)",
+    )

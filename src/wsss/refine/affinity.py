@@ -59,7 +59,9 @@ def neighbour_offsets(radius: int) -> list[tuple[int, int]]:
     if radius < 2:
         raise ValueError(f"radius must be >= 2, got {radius}")
     offs = [(0, dx) for dx in range(1, radius)]
-    offs += [(dy, dx) for dy in range(1, radius) for dx in range(-radius + 1, radius) if dx * dx + dy * dy < radius * radius]
+    offs += [
+        (dy, dx) for dy in range(1, radius) for dx in range(-radius + 1, radius) if dx * dx + dy * dy < radius * radius
+    ]
     return offs
 
 
@@ -154,6 +156,7 @@ def affinity_loss(aff, pos_bg, pos_fg, neg, eps: float = 1e-5) -> torch.Tensor:
 
     Each group is averaged over its own pairs (an empty group contributes 0; PSA adds 1e-5 to the counts).
     """
+
     def _mean(x, m):
         m = m.to(x.dtype)
         return (x * m).sum() / m.sum().clamp_min(1.0)

@@ -33,17 +33,22 @@ def label_image(image_id: str, *, cams_dir: Path, data_root: Path, rcfg) -> tupl
     img = read_image(voc.image_path(data_root, image_id))
     cam = z["cam"].astype(np.float32)
     if cam.shape[1:] != img.shape[:2]:
-        raise WsssInputError(f"{cams_dir / image_id}.npz: CAM size {cam.shape[1:]} differs from the image's "
-                             f"{img.shape[:2]} ({voc.image_path(data_root, image_id)}); re-run extract_cams")
-    label = cam_to_pseudo_label(img, cam, z["keys"], ignore_confidence=rcfg["ignore_confidence"],
-                                **background_args(rcfg), **rcfg["crf"])
+        raise WsssInputError(
+            f"{cams_dir / image_id}.npz: CAM size {cam.shape[1:]} differs from the image's "
+            f"{img.shape[:2]} ({voc.image_path(data_root, image_id)}); re-run extract_cams"
+        )
+    label = cam_to_pseudo_label(
+        img, cam, z["keys"], ignore_confidence=rcfg["ignore_confidence"], **background_args(rcfg), **rcfg["crf"]
+    )
     return image_id, label
 
 
 def from_cam_threshold(rcfg: dict, cam_metrics: Path | None) -> tuple[dict, dict]:
     """``calibrate_background: cam_threshold``: (the refine config with the calibrated background, the record)."""
     if cam_metrics is None:
-        raise WsssInputError("refine.calibrate_background: cam_threshold needs --cam-metrics (the net's eval_cams JSON)")
+        raise WsssInputError(
+            "refine.calibrate_background: cam_threshold needs --cam-metrics (the net's eval_cams JSON)"
+        )
     t = read_json(cam_metrics).get("best_threshold")
     if not isinstance(t, (int, float)) or not 0 < t < 1:
         raise WsssInputError(f"{cam_metrics}: best_threshold {t!r} is not in (0, 1); re-run eval_cams")
@@ -64,18 +69,33 @@ def score(ids: list[str], *, cams_dir: Path, data_root: Path, rcfg, threads: int
     return float(cm.compute()["miou"])
 
 
-def crf_sweep(rcfg: dict, eval_ids: list[str], *, cams_dir: Path, data_root: Path, threads: int,
-              net_name: str) -> tuple[dict, dict]:
+def crf_sweep(
+    rcfg: dict, eval_ids: list[str], *, cams_dir: Path, data_root: Path, threads: int, net_name: str
+) -> tuple[dict, dict]:
     """``calibrate_background: crf_sweep``: the background parameter with the best pseudo-label mIoU on the first
     ``calibration_images`` ids of cam_split (power mode: ``calibration_alphas``; constant: ``calibration_constants``)."""
-    key, grid = (("bg_constant", rcfg["calibration_constants"]) if rcfg["bg_mode"] == "constant"
-                 else ("bg_alpha", rcfg["calibration_alphas"]))
+    key, grid = (
+        ("bg_constant", rcfg["calibration_constants"])
+        if rcfg["bg_mode"] == "constant"
+        else ("bg_alpha", rcfg["calibration_alphas"])
+    )
     ids = eval_ids[: rcfg["calibration_images"]]
     curve = []
     for v in grid:
-        miou = score(ids, cams_dir=cams_dir, data_root=data_root, rcfg={**rcfg, key: float(v)}, threads=threads,
-                     desc=f"CRF calibration {net_name} {key}={v}")
+        miou = score(
+            ids,
+            cams_dir=cams_dir,
+            data_root=data_root,
+            rcfg={**rcfg, key: float(v)},
+            threads=threads,
+            desc=f"CRF calibration {net_name} {key}={v}",
+        )
         curve.append({key: float(v), "miou": miou})
     best = max(curve, key=lambda r: r["miou"])  # first best on ties: the grid's order decides
-    return {**rcfg, key: best[key]}, {"method": "crf_sweep", "parameter": key, "images": len(ids), "curve": curve,
-                                      "chosen": best[key]}
+    return {**rcfg, key: best[key]}, {
+        "method": "crf_sweep",
+        "parameter": key,
+        "images": len(ids),
+        "curve": curve,
+        "chosen": best[key],
+    }

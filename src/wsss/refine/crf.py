@@ -25,7 +25,8 @@ change the mean-field posterior, so normalising is unnecessary; only the clippin
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -92,7 +93,9 @@ def dense_crf(
     return np.asarray(q, dtype=np.float32).reshape(c, h, w)
 
 
-def background_score(cam: np.ndarray, *, bg_mode: str = "power", bg_alpha: float = 2.0, bg_constant: float = 0.5) -> np.ndarray:
+def background_score(
+    cam: np.ndarray, *, bg_mode: str = "power", bg_alpha: float = 2.0, bg_constant: float = 0.5
+) -> np.ndarray:
     """Background plane ``[H,W]`` for CAMs ``[K,H,W]`` in [0,1].
 
     ``'power'``: ``(1 − max_k cam)^bg_alpha`` (PSA/SEAM ``_crf_with_alpha``; larger α → less background; SEAM uses
@@ -176,8 +179,14 @@ def crf_postprocess(
         np.exp(x, out=x)
         x /= x.sum(0, keepdims=True)
     post = dense_crf(
-        image, x, n_iter=n_iter, gauss_sxy=gauss_sxy, gauss_compat=gauss_compat,
-        bi_sxy=bi_sxy, bi_srgb=bi_srgb, bi_compat=bi_compat,
+        image,
+        x,
+        n_iter=n_iter,
+        gauss_sxy=gauss_sxy,
+        gauss_compat=gauss_compat,
+        bi_sxy=bi_sxy,
+        bi_srgb=bi_srgb,
+        bi_compat=bi_compat,
     )
     label = post.argmax(0).astype(np.uint8)
     return (label, post) if return_posterior else label

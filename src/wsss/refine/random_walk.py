@@ -25,8 +25,15 @@ from wsss.data import voc
 from .affinity import neighbour_offsets, pairwise_affinity, shift_valid_mask, shifted
 from .crf import dense_crf
 
-__all__ = ["transition_matrix", "random_walk", "random_walk_dense", "rw_label", "rw_scores", "walk_label",
-           "dense_affinity_matrix"]
+__all__ = [
+    "transition_matrix",
+    "random_walk",
+    "random_walk_dense",
+    "rw_label",
+    "rw_scores",
+    "walk_label",
+    "dense_affinity_matrix",
+]
 
 
 def _check(aff: torch.Tensor, offsets) -> None:
@@ -229,8 +236,15 @@ def walk_label(net, image: np.ndarray, cam: np.ndarray, keys: np.ndarray, rw, cr
     cam_t = torch.as_tensor(cam, dtype=torch.float32)
     small = F.adaptive_avg_pool2d(cam_t[None], grid)[0] if len(keys) else cam_t.new_zeros((0, *grid))
     psa = rw["bg_mode"] == "psa"
-    scores = rw_scores(small, aff, offsets, beta=rw["beta"], n_steps=rw["n_steps"],
-                       bg_threshold=None if psa else rw["bg_score"], bg_power=rw["bg_power"] if psa else None)
+    scores = rw_scores(
+        small,
+        aff,
+        offsets,
+        beta=rw["beta"],
+        n_steps=rw["n_steps"],
+        bg_threshold=None if psa else rw["bg_score"],
+        bg_power=rw["bg_power"] if psa else None,
+    )
     scores = F.interpolate(scores[None], size=(h, w), mode="bilinear", align_corners=False)[0].numpy()
     lut = np.concatenate([[0], np.asarray(keys, np.int64)]).astype(np.uint8)
     if crf is None or len(keys) == 0:

@@ -41,11 +41,19 @@ def build_report(
     With ``seeds``, the runs are ``exp_dir/seed<k>/`` (data in ``exp_dir/data``): the single-run tables and
     figures show the first seed, and the ``seeds`` table gives mean and spread over all of them.
     """
-    kw = dict(nets=nets, crf_nets=crf_nets, seg_sources=seg_sources, optional=optional, final_net=final_net,
-              rw_nets=rw_nets, ss_variants=ss_variants)
+    kw = dict(
+        nets=nets,
+        crf_nets=crf_nets,
+        seg_sources=seg_sources,
+        optional=optional,
+        final_net=final_net,
+        rw_nets=rw_nets,
+        ss_variants=ss_variants,
+    )
     if seeds:
-        exps = [load_experiment(Path(exp_dir) / f"seed{s}", data_dir=Path(exp_dir) / "data", seed=s, **kw)
-                for s in seeds]
+        exps = [
+            load_experiment(Path(exp_dir) / f"seed{s}", data_dir=Path(exp_dir) / "data", seed=s, **kw) for s in seeds
+        ]
     else:
         exps = [load_experiment(exp_dir, **kw)]
     exp = exps[0]
@@ -53,11 +61,15 @@ def build_report(
     tables = build_tables(exp) + [seed_spread(exps)]
     figures, skipped_figs = make_figures(exp, out / "figures", n_qualitative)
 
-    notes = ["Numbers are mIoU x100 from this run's metric files. Published peer numbers are real-VOC results "
-             "listed for context only and are not comparable with this run's numbers."]
+    notes = [
+        "Numbers are mIoU x100 from this run's metric files. Published peer numbers are real-VOC results "
+        "listed for context only and are not comparable with this run's numbers."
+    ]
     if seeds:
-        notes.append(f"Single-run tables and figures show seed {seeds[0]}; the table 'Mean and spread over seeds' "
-                     f"aggregates seeds {list(seeds)}.")
+        notes.append(
+            f"Single-run tables and figures show seed {seeds[0]}; the table 'Mean and spread over seeds' "
+            f"aggregates seeds {list(seeds)}."
+        )
     skipped = [s for e in exps for s in e.skipped]
     if skipped:
         notes.append("Optional inputs missing (rows left out): " + ", ".join(skipped))
@@ -67,9 +79,18 @@ def build_report(
     paths = {"tables_md": out / "tables.md", "tables_csv": out / "tables.csv", "index_html": out / "index.html"}
     write_text(paths["tables_md"], tables_markdown(title, tables, notes))
     write_text(paths["tables_csv"], stacked_csv_frame(tables).to_csv(index=False))
-    write_text(paths["index_html"], page_html(title=title, tables=tables, figures=figures,
-                                              skipped_figures=skipped_figs, notes=notes, config=config,
-                                              dataset_info=dataset_info))
+    write_text(
+        paths["index_html"],
+        page_html(
+            title=title,
+            tables=tables,
+            figures=figures,
+            skipped_figures=skipped_figs,
+            notes=notes,
+            config=config,
+            dataset_info=dataset_info,
+        ),
+    )
     head = next(t for t in tables if t.name == "headline")
     return {
         **{k: str(v) for k, v in paths.items()},
@@ -79,6 +100,8 @@ def build_report(
         "figures_skipped": skipped_figs,
         "inputs_read": sorted(str(p) for e in exps for p in e.paths.values()),
         "inputs_skipped": skipped,
-        "headline": [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
-                     for r in head.frame.to_dict("records")],
+        "headline": [
+            {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+            for r in head.frame.to_dict("records")
+        ],
     }

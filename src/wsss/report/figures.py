@@ -151,8 +151,11 @@ def qualitative_val(exp: Experiment, path: Path, n: int) -> Path | None:
         return None
 
     def needs(i: str) -> list[Path]:
-        return [voc / "JPEGImages" / f"{i}.jpg", voc / "SegmentationClass" / f"{i}.png",
-                *(pred_png(exp, s, i) for s in sources)]
+        return [
+            voc / "JPEGImages" / f"{i}.jpg",
+            voc / "SegmentationClass" / f"{i}.png",
+            *(pred_png(exp, s, i) for s in sources),
+        ]
 
     ids = _ids_with(split_ids(exp, "val"), needs)[:n]
     if not ids:
@@ -160,8 +163,10 @@ def qualitative_val(exp: Experiment, path: Path, n: int) -> Path | None:
     names = {"pseudo": "prediction (pseudo-trained)", "gt": "prediction (GT-trained)"}
     rows = []
     for i in ids:
-        row = [("image", read_image(voc / "JPEGImages" / f"{i}.jpg"), {}),
-               ("GT", colorize(read_label_png(voc / "SegmentationClass" / f"{i}.png")), {})]
+        row = [
+            ("image", read_image(voc / "JPEGImages" / f"{i}.jpg"), {}),
+            ("GT", colorize(read_label_png(voc / "SegmentationClass" / f"{i}.png")), {}),
+        ]
         row += [(names.get(s, f"prediction ({s})"), colorize(read_label_png(pred_png(exp, s, i))), {}) for s in sources]
         rows.append(row)
     return _grid(rows, path, "Val images: DeepLab predictions (no CRF)")
@@ -180,10 +185,17 @@ def synthetic_samples(exp: Experiment, path: Path, n: int) -> Path | None:
     for i in ids:
         part = read_label_png(part_dir / f"{i}.png", num_classes=3).astype(np.int16)
         part[part == 255] = 3
-        rows.append([("image", read_image(voc / "JPEGImages" / f"{i}.jpg"), {}),
-                     ("mask", colorize(read_label_png(voc / "SegmentationClass" / f"{i}.png")), {}),
-                     ("part mask (red part, blue body)", part, {"cmap": _PART_CMAP, "vmin": 0, "vmax": 3,
-                                                                "interpolation": "nearest"})])
+        rows.append(
+            [
+                ("image", read_image(voc / "JPEGImages" / f"{i}.jpg"), {}),
+                ("mask", colorize(read_label_png(voc / "SegmentationClass" / f"{i}.png")), {}),
+                (
+                    "part mask (red part, blue body)",
+                    part,
+                    {"cmap": _PART_CMAP, "vmin": 0, "vmax": 3, "interpolation": "nearest"},
+                ),
+            ]
+        )
     return _grid(rows, path, "Synthetic samples: image, class mask, part mask")
 
 
@@ -192,10 +204,14 @@ def make_figures(exp: Experiment, fig_dir: Path, n_qualitative: int = 4) -> tupl
     specs = {
         "threshold_curves": (lambda p: threshold_curves(exp, p), "no CAM metric file has a 'curve'"),
         "training_curves": (lambda p: training_curves(exp, p), "no training history"),
-        "qualitative_train": (lambda p: qualitative_train(exp, p, n_qualitative),
-                              "no train id has image, GT, CAMs and pseudo label"),
-        "qualitative_val": (lambda p: qualitative_val(exp, p, n_qualitative),
-                            "no val id has image, GT and all predictions"),
+        "qualitative_train": (
+            lambda p: qualitative_train(exp, p, n_qualitative),
+            "no train id has image, GT, CAMs and pseudo label",
+        ),
+        "qualitative_val": (
+            lambda p: qualitative_val(exp, p, n_qualitative),
+            "no val id has image, GT and all predictions",
+        ),
         "synthetic_samples": (lambda p: synthetic_samples(exp, p, n_qualitative), "no PartMasks/ in the dataset"),
     }
     made, skipped = {}, {}

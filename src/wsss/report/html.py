@@ -57,8 +57,10 @@ def table_html(t: Table) -> str:
             cls = "" if c in t.formats else ' class="t"'
             cells.append(f"<td{cls}>{escape(str(v))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<table id="{escape(t.name)}"><caption>{escape(t.caption)}</caption>'
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+    return (
+        f'<table id="{escape(t.name)}"><caption>{escape(t.caption)}</caption>'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 def img_data_uri(path: Path) -> str:
@@ -80,16 +82,26 @@ def headline_sentences(t: Table) -> list[str]:
         if f["a_value"] == "—" or f["b_value"] == "—":
             out.append(f"{r['comparison']}: not available in this run.")
         else:
-            out.append(f"{r['comparison']}: {r['a']} {f['a_value']} vs {r['b']} {f['b_value']} "
-                       f"({f['delta']} points).")
+            out.append(f"{r['comparison']}: {r['a']} {f['a_value']} vs {r['b']} {f['b_value']} ({f['delta']} points).")
     return out
 
 
-def page_html(*, title: str, tables: list[Table], figures: dict[str, Path], skipped_figures: dict[str, str],
-              notes: list[str], config: dict, dataset_info: dict | None) -> str:
+def page_html(
+    *,
+    title: str,
+    tables: list[Table],
+    figures: dict[str, Path],
+    skipped_figures: dict[str, str],
+    notes: list[str],
+    config: dict,
+    dataset_info: dict | None,
+) -> str:
     by_name = {t.name: t for t in tables}
-    h = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>",
-         f"<style>{_CSS}</style></head><body>", f"<h1>{escape(title)}</h1>"]
+    h = [
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>',
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+    ]
     h += [f'<p class="note">{escape(n)}</p>' for n in notes]
     if "headline" in by_name:
         h.append("<h2>Headline</h2><ul>")
@@ -101,8 +113,10 @@ def page_html(*, title: str, tables: list[Table], figures: dict[str, Path], skip
             h += [f"<h3>{escape(t.title)}</h3>", table_html(t)]
     h.append("<h2>Figures</h2>")
     for name, path in figures.items():
-        h.append(f'<figure><img alt="{escape(name)}" src="{img_data_uri(path)}">'
-                 f"<figcaption>{escape(name)}</figcaption></figure>")
+        h.append(
+            f'<figure><img alt="{escape(name)}" src="{img_data_uri(path)}">'
+            f"<figcaption>{escape(name)}</figcaption></figure>"
+        )
     h += [f"<p><em>{escape(n)}: not drawn ({escape(r)}).</em></p>" for n, r in skipped_figures.items()]
     if "protocol" in by_name:
         h += ["<h2>Protocol</h2>", table_html(by_name["protocol"])]

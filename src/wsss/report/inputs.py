@@ -22,11 +22,16 @@ NET_LABELS = {
     "mainnet_rcm_mam": "MainNet +RCM+MAM",
 }
 ABLATION_ORDER = tuple(NET_LABELS)
-NET_LABELS.update({
-    "deeplab_pseudo": "DeepLab (pseudo labels)", "deeplab_gt": "DeepLab (GT, upper bound)",
-    "single_stage_baseline": "1-stage baseline", "single_stage_aa": "1-stage +AA", "single_stage_lr": "1-stage +LR",
-    "single_stage_aa_lr": "1-stage +AA+LR",
-})
+NET_LABELS.update(
+    {
+        "deeplab_pseudo": "DeepLab (pseudo labels)",
+        "deeplab_gt": "DeepLab (GT, upper bound)",
+        "single_stage_baseline": "1-stage baseline",
+        "single_stage_aa": "1-stage +AA",
+        "single_stage_lr": "1-stage +LR",
+        "single_stage_aa_lr": "1-stage +AA+LR",
+    }
+)
 
 
 def net_label(net: str) -> str:
@@ -138,8 +143,15 @@ def load_experiment(
     A missing file raises :class:`WsssInputError` naming it, unless its stem (``cam_mainnet_mam``), file name
     or net/source name is in ``optional``; then it is recorded in ``skipped`` and its rows are left out.
     """
-    exp = Experiment(Path(exp_dir), list(nets), list(crf_nets), list(seg_sources), final_net=final_net,
-                     data_dir=Path(data_dir) if data_dir is not None else None, seed=seed)
+    exp = Experiment(
+        Path(exp_dir),
+        list(nets),
+        list(crf_nets),
+        list(seg_sources),
+        final_net=final_net,
+        data_dir=Path(data_dir) if data_dir is not None else None,
+        seed=seed,
+    )
     metrics = exp.root / "metrics"
     wanted = (
         [("train", f"train_{n}", n) for n in nets]

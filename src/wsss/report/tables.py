@@ -65,25 +65,42 @@ def cam_quality(exp: Experiment) -> Table:
     for net, d in exp.cam.items():
         path = exp.paths[f"cam_{net}"]
         part, body = num(d, "part_recall", path), num(d, "body_recall", path)
-        rows.append({
-            "net": net, "model": net_label(net),
-            "miou": num(d, "miou", path), "best_threshold": num(d, "best_threshold", path),
-            "fixed_threshold": num(d, "fixed_threshold", path),
-            "miou_fixed_threshold": num(d, "miou_fixed_threshold", path),
-            "part_recall": part, "body_recall": body, "part_body_gap": _sub(part, body),
-            "context_bg_share": num(d, "context_bg_share", path), "other_bg_share": num(d, "other_bg_share", path),
-        })
-    fmt = {"miou": "frac", "best_threshold": "thr", "fixed_threshold": "thr", "miou_fixed_threshold": "frac",
-           "part_recall": "frac", "body_recall": "frac", "part_body_gap": "delta",
-           "context_bg_share": "frac", "other_bg_share": "frac"}
+        rows.append(
+            {
+                "net": net,
+                "model": net_label(net),
+                "miou": num(d, "miou", path),
+                "best_threshold": num(d, "best_threshold", path),
+                "fixed_threshold": num(d, "fixed_threshold", path),
+                "miou_fixed_threshold": num(d, "miou_fixed_threshold", path),
+                "part_recall": part,
+                "body_recall": body,
+                "part_body_gap": _sub(part, body),
+                "context_bg_share": num(d, "context_bg_share", path),
+                "other_bg_share": num(d, "other_bg_share", path),
+            }
+        )
+    fmt = {
+        "miou": "frac",
+        "best_threshold": "thr",
+        "fixed_threshold": "thr",
+        "miou_fixed_threshold": "frac",
+        "part_recall": "frac",
+        "body_recall": "frac",
+        "part_body_gap": "delta",
+        "context_bg_share": "frac",
+        "other_bg_share": "frac",
+    }
     return Table(
-        "cam_quality", "CAM quality (train split)",
+        "cam_quality",
+        "CAM quality (train split)",
         "CAM mIoU at the best background threshold of the sweep and at the fixed threshold; part/body recall = "
         "share of discriminative-part / body pixels of the objects recovered by the CAM (as computed by the CAM "
         "evaluation; see its protocol); "
         "gap = part - body recall (smaller means more of the object is covered); context/other bg share = "
         "share of context / other background pixels wrongly claimed by the CAM. Values x100.",
-        pd.DataFrame(rows, columns=["net", "model", *fmt]), fmt,
+        pd.DataFrame(rows, columns=["net", "model", *fmt]),
+        fmt,
     )
 
 
@@ -103,22 +120,41 @@ def ablation(exp: Experiment) -> Table:
     ctrl_cam, ctrl_body, ctrl_pseudo = cam(CONTROL, "miou"), cam(CONTROL, "body_recall"), pseudo(CONTROL)
     rows = []
     for n in order:
-        rows.append({
-            "net": n, "model": net_label(n),
-            "cam_miou": cam(n, "miou"), "delta_cam_miou": _sub(cam(n, "miou"), ctrl_cam),
-            "body_recall": cam(n, "body_recall"), "delta_body_recall": _sub(cam(n, "body_recall"), ctrl_body),
-            "pseudo_miou": pseudo(n), "delta_pseudo_miou": _sub(pseudo(n), ctrl_pseudo),
-            "rw_miou": rw(n), "delta_rw_miou": _sub(rw(n), rw(CONTROL)),
-        })
-    cols = ["net", "model", "cam_miou", "delta_cam_miou", "body_recall", "delta_body_recall", "pseudo_miou",
-            "delta_pseudo_miou", "rw_miou", "delta_rw_miou"]
+        rows.append(
+            {
+                "net": n,
+                "model": net_label(n),
+                "cam_miou": cam(n, "miou"),
+                "delta_cam_miou": _sub(cam(n, "miou"), ctrl_cam),
+                "body_recall": cam(n, "body_recall"),
+                "delta_body_recall": _sub(cam(n, "body_recall"), ctrl_body),
+                "pseudo_miou": pseudo(n),
+                "delta_pseudo_miou": _sub(pseudo(n), ctrl_pseudo),
+                "rw_miou": rw(n),
+                "delta_rw_miou": _sub(rw(n), rw(CONTROL)),
+            }
+        )
+    cols = [
+        "net",
+        "model",
+        "cam_miou",
+        "delta_cam_miou",
+        "body_recall",
+        "delta_body_recall",
+        "pseudo_miou",
+        "delta_pseudo_miou",
+        "rw_miou",
+        "delta_rw_miou",
+    ]
     fmt = {c: ("delta" if c.startswith("delta") else "frac") for c in cols[2:]}
     return Table(
-        "ablation", "Ablation (train split)",
+        "ablation",
+        "Ablation (train split)",
         f"CAM mIoU (best threshold), body recall and +CRF pseudo-label mIoU per model; delta = difference to the fair "
         f"control '{net_label(CONTROL)}' (same backbone, schedule and data, without RCM/MAM), in points x100. "
         "Pseudo mIoU (+CRF) and RW mIoU (+affinity random walk) are shown only for models whose labels were made.",
-        pd.DataFrame(rows, columns=cols), fmt,
+        pd.DataFrame(rows, columns=cols),
+        fmt,
     )
 
 
@@ -127,8 +163,16 @@ def _pipeline_rows(exp: Experiment) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
 
     def add(stage: str, stem: str, d: dict, key: str, ref: str) -> None:
-        rows.append({"stage": stage, "file": exp.rel(stem), "metric_key": key, "split": str(protocol_of(d).get("split", "")),
-                     "miou": num(d, key, exp.paths[stem]), "ref": ref})
+        rows.append(
+            {
+                "stage": stage,
+                "file": exp.rel(stem),
+                "metric_key": key,
+                "split": str(protocol_of(d).get("split", "")),
+                "miou": num(d, key, exp.paths[stem]),
+                "ref": ref,
+            }
+        )
 
     if "supportnet" in exp.cam:
         add("SupportNet CAM", "cam_supportnet", exp.cam["supportnet"], "miou", "miou")
@@ -163,7 +207,8 @@ def pipeline(exp: Experiment) -> Table:
         del r["ref"]
     cols = ["stage", "file", "metric_key", "split", "miou", "upper_bound", "pct_of_upper_bound"]
     return Table(
-        "pipeline", "Pipeline",
+        "pipeline",
+        "Pipeline",
         "mIoU at each stage. % of upper bound = stage mIoU / mIoU of the same DeepLab trained on ground-truth masks "
         "(no-CRF numbers against the no-CRF upper bound, +CRF against +CRF). CAM and pseudo-label numbers are on "
         "the train split, DeepLab numbers on val (see 'split'), so the ratio compares quality levels, not one image set.",
@@ -188,12 +233,15 @@ def per_class(exp: Experiment) -> Table:
     classes: list[str] = []
     for v in columns.values():
         classes += [c for c in v if c not in classes]
-    rows = [{"class": c, **{k: (NAN if v.get(c) is None else float(v[c])) for k, v in columns.items()}}
-            for c in classes]
+    rows = [
+        {"class": c, **{k: (NAN if v.get(c) is None else float(v[c])) for k, v in columns.items()}} for c in classes
+    ]
     return Table(
-        "per_class", "Per-class IoU",
+        "per_class",
+        "Per-class IoU",
         "IoU per class (rows) at each stage (columns), x100. CAM and pseudo columns: train split; DeepLab: val.",
-        pd.DataFrame(rows, columns=["class", *columns]), {k: "frac" for k in columns},
+        pd.DataFrame(rows, columns=["class", *columns]),
+        {k: "frac" for k in columns},
     )
 
 
@@ -209,22 +257,27 @@ def published(exp: Experiment | None = None) -> Table:
             return 100 * num(d, key, exp.paths.get(path_key, path_key)) if d else NAN
 
         ours = {
-            "method": f"wsss (this run: {exp.root.parent.name if exp.seed is not None else exp.root.name})", "venue": "this run",
-            "backbone": "see config", "seg_net": "see config",
+            "method": f"wsss (this run: {exp.root.parent.name if exp.seed is not None else exp.root.name})",
+            "venue": "this run",
+            "backbone": "see config",
+            "seg_net": "see config",
             "cam_train_pct": pct(exp.cam.get(main, {}), "miou", f"cam_{main}"),
             "pseudo_train_pct": pct(final[1], "miou", final[2]) if final else NAN,
-            "val_pct": pct(seg, "miou_crf", "seg_pseudo"), "test_pct": NAN,
+            "val_pct": pct(seg, "miou_crf", "seg_pseudo"),
+            "test_pct": NAN,
             "sources": f"{exp.rel(f'cam_{main}')}, {exp.rel(final[2]) if final else '-'}, {exp.rel('seg_pseudo')} (+CRF)",
             "note": "this run's data and protocol (see the protocol table)",
         }
         df = pd.concat([pd.DataFrame([ours]), df], ignore_index=True)
     return Table(
-        "published", "This run beside published peers on real PASCAL VOC 2012",
+        "published",
+        "This run beside published peers on real PASCAL VOC 2012",
         "mIoU % as published, each with its source (see shared/research/papers.md §3), and this run's numbers in "
         "the first row. The published numbers are real-VOC numbers with other backbones and schedules: this run's "
         "numbers are NOT comparable with them unless it ran on VOC 2012 with the protocol the paper used. "
         "Unverified (recalled) numbers are left out.",
-        df, {c: "pct" for c in df.columns if c.endswith("_pct")},
+        df,
+        {c: "pct" for c in df.columns if c.endswith("_pct")},
     )
 
 
@@ -244,12 +297,14 @@ def protocol(exp: Experiment) -> Table:
     rows = []
     for kind in ("cam", "pseudo", "rw", "seg", "ss"):
         for name, d in getattr(exp, kind).items():
-            stem = {"pseudo": f"pseudo_{name}_crf", "rw": f"pseudo_{name}_rw",
-                    "ss": f"seg_single_stage_{name}"}.get(kind, f"{kind}_{name}")
+            stem = {"pseudo": f"pseudo_{name}_crf", "rw": f"pseudo_{name}_rw", "ss": f"seg_single_stage_{name}"}.get(
+                kind, f"{kind}_{name}"
+            )
             for k, v in _flatten(protocol_of(d)).items():
                 rows.append({"file": exp.rel(stem), "key": k, "value": v})
     return Table(
-        "protocol", "Evaluation protocol of every number",
+        "protocol",
+        "Evaluation protocol of every number",
         "The 'protocol' object of each metric file, flattened (split, scales, flip, threshold selection, ...).",
         pd.DataFrame(rows, columns=["file", "key", "value"]),
     )
@@ -268,22 +323,34 @@ def headline(exp: Experiment) -> Table:
     seg_crf = num(seg, "miou_crf", seg_path) if seg else NAN
     plabel = final[0] if final else "pseudo labels"
     spec = [
-        ("CAM mIoU: full model vs fair control", f"{net_label(FULL)}", cam(FULL, "miou"),
-         net_label(CONTROL), cam(CONTROL, "miou")),
-        ("Body recall: full model vs fair control", net_label(FULL), cam(FULL, "body_recall"),
-         net_label(CONTROL), cam(CONTROL, "body_recall")),
-        ("Pseudo-label mIoU vs SupportNet CAM mIoU", plabel, pseudo_miou,
-         "SupportNet CAM", cam("supportnet", "miou")),
+        (
+            "CAM mIoU: full model vs fair control",
+            f"{net_label(FULL)}",
+            cam(FULL, "miou"),
+            net_label(CONTROL),
+            cam(CONTROL, "miou"),
+        ),
+        (
+            "Body recall: full model vs fair control",
+            net_label(FULL),
+            cam(FULL, "body_recall"),
+            net_label(CONTROL),
+            cam(CONTROL, "body_recall"),
+        ),
+        ("Pseudo-label mIoU vs SupportNet CAM mIoU", plabel, pseudo_miou, "SupportNet CAM", cam("supportnet", "miou")),
         ("DeepLab val mIoU vs pseudo-label mIoU", "DeepLab (pseudo), no CRF", seg_miou, plabel, pseudo_miou),
         ("DeepLab val mIoU (+CRF) vs pseudo-label mIoU", "DeepLab (pseudo), +CRF", seg_crf, plabel, pseudo_miou),
     ]
-    rows = [{"comparison": c, "a": al, "a_value": a, "b": bl, "b_value": b, "delta": _sub(a, b)}
-            for c, al, a, bl, b in spec]
+    rows = [
+        {"comparison": c, "a": al, "a_value": a, "b": bl, "b_value": b, "delta": _sub(a, b)} for c, al, a, bl, b in spec
+    ]
     return Table(
-        "headline", "Headline comparisons",
+        "headline",
+        "Headline comparisons",
         "delta = a - b in points x100. A dash means an input of this comparison is not part of this run. "
         "CAM and pseudo-label numbers are on train, DeepLab numbers on val.",
-        pd.DataFrame(rows), {"a_value": "frac", "b_value": "frac", "delta": "delta"},
+        pd.DataFrame(rows),
+        {"a_value": "frac", "b_value": "frac", "delta": "delta"},
     )
 
 
@@ -294,6 +361,7 @@ SS_LABELS = {"baseline": "1-stage baseline", "aa": "1-stage +AA", "lr": "1-stage
 def single_stage(exp: Experiment) -> Table:
     """AA&LR's single-stage rows (val mIoU with and without CRF, and the masks/pseudo GT on the train split),
     deltas to the 1-stage baseline, beside the two-stage DeepLab on the same val split."""
+
     def val(d: dict, key: str, stem: str) -> float:
         return num(d, key, exp.paths[stem])
 
@@ -306,10 +374,14 @@ def single_stage(exp: Experiment) -> Table:
     rows = []
     for v, d in exp.ss.items():
         stem = f"seg_single_stage_{v}"
-        r = {"method": SS_LABELS.get(v, v), "file": exp.rel(stem), "val_miou": val(d, "miou", stem),
-             "val_miou_crf": val(d, "miou_crf", stem),
-             "train_masks_miou": nested(d, "pseudo_labels", "masks", "miou"),
-             "train_pseudo_gt_miou": nested(d, "pseudo_labels", "pamr_pseudo_gt", "miou")}
+        r = {
+            "method": SS_LABELS.get(v, v),
+            "file": exp.rel(stem),
+            "val_miou": val(d, "miou", stem),
+            "val_miou_crf": val(d, "miou_crf", stem),
+            "train_masks_miou": nested(d, "pseudo_labels", "masks", "miou"),
+            "train_pseudo_gt_miou": nested(d, "pseudo_labels", "pamr_pseudo_gt", "miou"),
+        }
         if base is not None:
             b = "seg_single_stage_baseline"
             r["delta_val"] = _sub(r["val_miou"], val(base, "miou", b))
@@ -317,19 +389,41 @@ def single_stage(exp: Experiment) -> Table:
         rows.append(r)
     seg = exp.seg.get("pseudo")
     if seg is not None and exp.ss:
-        rows.append({"method": "two-stage: DeepLab on the MainNet's pseudo labels", "file": exp.rel("seg_pseudo"),
-                     "val_miou": val(seg, "miou", "seg_pseudo"), "val_miou_crf": val(seg, "miou_crf", "seg_pseudo")})
-    cols = ["method", "file", "val_miou", "val_miou_crf", "delta_val", "delta_val_crf", "train_masks_miou",
-            "train_pseudo_gt_miou"]
-    fmt = {"val_miou": "frac", "val_miou_crf": "frac", "delta_val": "delta", "delta_val_crf": "delta",
-           "train_masks_miou": "frac", "train_pseudo_gt_miou": "frac"}
+        rows.append(
+            {
+                "method": "two-stage: DeepLab on the MainNet's pseudo labels",
+                "file": exp.rel("seg_pseudo"),
+                "val_miou": val(seg, "miou", "seg_pseudo"),
+                "val_miou_crf": val(seg, "miou_crf", "seg_pseudo"),
+            }
+        )
+    cols = [
+        "method",
+        "file",
+        "val_miou",
+        "val_miou_crf",
+        "delta_val",
+        "delta_val_crf",
+        "train_masks_miou",
+        "train_pseudo_gt_miou",
+    ]
+    fmt = {
+        "val_miou": "frac",
+        "val_miou_crf": "frac",
+        "delta_val": "delta",
+        "delta_val_crf": "delta",
+        "train_masks_miou": "frac",
+        "train_pseudo_gt_miou": "frac",
+    }
     return Table(
-        "single_stage", "AA&LR single-stage model (val)",
+        "single_stage",
+        "AA&LR single-stage model (val)",
         "Val mIoU of the single-stage model without and with CRF post-processing, per variant (baseline = 1-stage "
         "without the AA and LR losses); delta = difference to the 1-stage baseline, x100. train_masks = its "
         "multi-scale masks on the train split (classes cut by the image labels), train_pseudo_gt = the PAMR "
         "pseudo ground truth it trains on. The two-stage row is this run's DeepLab on the same val split.",
-        pd.DataFrame(rows, columns=cols), fmt,
+        pd.DataFrame(rows, columns=cols),
+        fmt,
     )
 
 
@@ -349,11 +443,16 @@ def _quantities(exp: Experiment) -> list[tuple[str, str, float]]:
     for n, d in exp.cam.items():
         path = exp.paths[f"cam_{n}"]
         part, body = num(d, "part_recall", path), num(d, "body_recall", path)
-        out += [("CAM mIoU (train)", n, num(d, "miou", path)), ("body recall (train)", n, body),
-                ("part - body recall gap (train)", n, _sub(part, body))]
+        out += [
+            ("CAM mIoU (train)", n, num(d, "miou", path)),
+            ("body recall (train)", n, body),
+            ("part - body recall gap (train)", n, _sub(part, body)),
+        ]
         if "context_bg_share" in d:  # synthetic data only: where the CAM's false positives go
-            out += [("context bg claimed by the CAM (train)", n, num(d, "context_bg_share", path)),
-                    ("other bg claimed by the CAM (train)", n, num(d, "other_bg_share", path))]
+            out += [
+                ("context bg claimed by the CAM (train)", n, num(d, "context_bg_share", path)),
+                ("other bg claimed by the CAM (train)", n, num(d, "other_bg_share", path)),
+            ]
     for n, d in exp.pseudo.items():
         out.append(("pseudo-label mIoU, +CRF (train)", n, num(d, "miou", exp.paths[f"pseudo_{n}_crf"])))
     for n, d in exp.rw.items():
@@ -365,8 +464,9 @@ def _quantities(exp: Experiment) -> list[tuple[str, str, float]]:
     for src, d in exp.seg.items():
         what = "pseudo labels" if src == "pseudo" else ("GT (upper bound)" if src == "gt" else src)
         out.append((f"DeepLab val mIoU, trained on {what}", f"deeplab_{src}", num(d, "miou", exp.paths[f"seg_{src}"])))
-        out.append((f"DeepLab val mIoU +CRF, trained on {what}", f"deeplab_{src}",
-                    num(d, "miou_crf", exp.paths[f"seg_{src}"])))
+        out.append(
+            (f"DeepLab val mIoU +CRF, trained on {what}", f"deeplab_{src}", num(d, "miou_crf", exp.paths[f"seg_{src}"]))
+        )
     return out
 
 
@@ -397,20 +497,32 @@ def seed_spread(exps: list[Experiment]) -> Table:
         control = _paired_control(n)
         deltas = [_sub(d.get((q, n), NAN), d.get((q, control), NAN)) for d in per_seed]
         dmean, dsd, _ = _stats(deltas) if control else (NAN, NAN, 0)
-        rows.append({"quantity": q, "model": net_label(n), "net": n, "n_seeds": k, "mean": mean, "sd": sd,
-                     "min": min((v for v in vals if not math.isnan(v)), default=NAN),
-                     "max": max((v for v in vals if not math.isnan(v)), default=NAN),
-                     "delta_vs_control": dmean, "delta_sd": dsd})
+        rows.append(
+            {
+                "quantity": q,
+                "model": net_label(n),
+                "net": n,
+                "n_seeds": k,
+                "mean": mean,
+                "sd": sd,
+                "min": min((v for v in vals if not math.isnan(v)), default=NAN),
+                "max": max((v for v in vals if not math.isnan(v)), default=NAN),
+                "delta_vs_control": dmean,
+                "delta_sd": dsd,
+            }
+        )
     seeds = [e.seed for e in exps]
     cols = ["quantity", "model", "net", "n_seeds", "mean", "sd", "min", "max", "delta_vs_control", "delta_sd"]
     fmt = {"mean": "frac", "sd": "frac", "min": "frac", "max": "frac", "delta_vs_control": "delta", "delta_sd": "frac"}
     return Table(
-        "seeds", "Mean and spread over seeds",
+        "seeds",
+        "Mean and spread over seeds",
         f"Seeds {seeds}: mean, sample standard deviation (sd, n-1; a dash with one seed), min and max of each "
         f"number, x100. delta_vs_control = paired difference to '{net_label(CONTROL)}' (MainNet variants) or to the "
         "1-stage baseline (AA/LR variants) within each seed, averaged (delta_sd its sd): a gain is distinguishable "
         "from seed noise when |delta| is clearly larger than delta_sd.",
-        pd.DataFrame(rows, columns=cols), fmt,
+        pd.DataFrame(rows, columns=cols),
+        fmt,
     )
 
 

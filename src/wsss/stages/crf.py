@@ -25,8 +25,18 @@ def _one(image_id: str, *, cams: Path, data: Path, out_dir: Path, rcfg) -> str:
     return image_id
 
 
-def run(cfg, *, seed: int, net: str, data: Path, cams: Path, pseudo: Path, metrics: Path,
-        cam_metrics: Path | None = None, threads: int = 1) -> None:
+def run(
+    cfg,
+    *,
+    seed: int,
+    net: str,
+    data: Path,
+    cams: Path,
+    pseudo: Path,
+    metrics: Path,
+    cam_metrics: Path | None = None,
+    threads: int = 1,
+) -> None:
     rcfg, calibration = cfg["refine"], None
     split, eval_split = cfg["data"]["train_split"], cfg["data"]["cam_split"]
     # check everything the evaluation needs before the CRF runs, and score the labels before the folder is
@@ -41,12 +51,25 @@ def run(cfg, *, seed: int, net: str, data: Path, cams: Path, pseudo: Path, metri
         for _ in imap_ordered(fn, ids, workers=threads, desc=f"CRF {net}"):
             pass
         res = score_labels(tmp, data, eval_ids)
-    background = (f"constant {rcfg['bg_constant']:.4g}" if rcfg["bg_mode"] == "constant"
-                  else f"{rcfg['bg_mode']} (alpha {rcfg['bg_alpha']:.4g})")
-    write_json(metrics, pseudo_metrics(net, res, split=split, eval_split=eval_split, n_eval=len(eval_ids), protocol={
-        "refinement": "dense CRF",
-        "background": background,
-        "background_calibration": calibration,
-        "crf": rcfg["crf"],
-        "ignore_confidence": rcfg["ignore_confidence"],
-    }))
+    background = (
+        f"constant {rcfg['bg_constant']:.4g}"
+        if rcfg["bg_mode"] == "constant"
+        else f"{rcfg['bg_mode']} (alpha {rcfg['bg_alpha']:.4g})"
+    )
+    write_json(
+        metrics,
+        pseudo_metrics(
+            net,
+            res,
+            split=split,
+            eval_split=eval_split,
+            n_eval=len(eval_ids),
+            protocol={
+                "refinement": "dense CRF",
+                "background": background,
+                "background_calibration": calibration,
+                "crf": rcfg["crf"],
+                "ignore_confidence": rcfg["ignore_confidence"],
+            },
+        ),
+    )

@@ -34,21 +34,31 @@ def run(cfg, *, seed: int, source: str, data: Path, ckpt: Path, metrics: Path, p
     ids = voc.read_split(data, split)
     with atomic_dir(pred) as tmp:
         fn = partial(_one, model=model, data=data, scfg=scfg)
-        res, res_crf = score_predictions(fn, ids, data_root=data, save_dir=tmp, n_saved=scfg["n_saved_predictions"],
-                                         threads=threads, desc=f"eval seg {source}")
-    write_json(metrics, {
-        "source": source,
-        "protocol": {
-            "split": split,
-            "images": len(ids),
-            "scales": list(scfg["scales"]),
-            "flip": scfg["flip"],
-            "crf": scfg["crf"],
-            "model": checkpoint["config"]["segment"]["model"],
+        res, res_crf = score_predictions(
+            fn,
+            ids,
+            data_root=data,
+            save_dir=tmp,
+            n_saved=scfg["n_saved_predictions"],
+            threads=threads,
+            desc=f"eval seg {source}",
+        )
+    write_json(
+        metrics,
+        {
+            "source": source,
+            "protocol": {
+                "split": split,
+                "images": len(ids),
+                "scales": list(scfg["scales"]),
+                "flip": scfg["flip"],
+                "crf": scfg["crf"],
+                "model": checkpoint["config"]["segment"]["model"],
+                "train_labels": checkpoint["config"]["labels"],
+                "ignore": "255 in GT ignored",
+                "image_labels_at_test": "not used (no GT-label cleaning)",
+            },
+            **scores_with_crf(res, res_crf),
             "train_labels": checkpoint["config"]["labels"],
-            "ignore": "255 in GT ignored",
-            "image_labels_at_test": "not used (no GT-label cleaning)",
         },
-        **scores_with_crf(res, res_crf),
-        "train_labels": checkpoint["config"]["labels"],
-    })
+    )

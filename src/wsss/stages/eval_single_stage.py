@@ -29,16 +29,18 @@ def _val_one(image_id: str, *, rec: ScoreRecorder, data: Path, tcfg: dict):
     return image_id, pred, pred_crf
 
 
-def _pseudo_one(image_id: str, *, rec: ScoreRecorder, objective: SingleStageObjective, data: Path, tcfg: dict,
-                labels: dict):
+def _pseudo_one(
+    image_id: str, *, rec: ScoreRecorder, objective: SingleStageObjective, data: Path, tcfg: dict, labels: dict
+):
     img = read_image(voc.image_path(data, image_id))
     y = voc.multi_hot(labels[image_id]).numpy()
     pred, pred_crf = predict(rec, img, tcfg, labels=y)
     return image_id, pred, pred_crf, pamr_pseudo_label(rec.net, objective, img, y)
 
 
-def _pseudo_scores(rec: ScoreRecorder, objective: SingleStageObjective, variant: str, data: Path, split: str,
-                   tcfg: dict, threads: int) -> dict:
+def _pseudo_scores(
+    rec: ScoreRecorder, objective: SingleStageObjective, variant: str, data: Path, split: str, tcfg: dict, threads: int
+) -> dict:
     ids = voc.read_split(data, split)
     if tcfg["pseudo_eval"]["max_images"]:
         ids = ids[: tcfg["pseudo_eval"]["max_images"]]
@@ -60,8 +62,10 @@ def _pseudo_scores(rec: ScoreRecorder, objective: SingleStageObjective, variant:
             **scores_with_crf(res, res_crf),
         },
         "pamr_pseudo_gt": {
-            "protocol": ("single-scale masks -> PAMR -> pseudo_gt on the label grid (the training targets), "
-                         "nearest-upsampled; pseudo-label 255 pixels skipped"),
+            "protocol": (
+                "single-scale masks -> PAMR -> pseudo_gt on the label grid (the training targets), "
+                "nearest-upsampled; pseudo-label 255 pixels skipped"
+            ),
             "miou": res_pgt["miou"],
             "ignore_fraction": res_pgt["pred_ignored_share"],
             "per_class_iou": per_class_dict(res_pgt["per_class_iou"]),
@@ -79,29 +83,39 @@ def run(cfg, *, seed: int, variant: str, data: Path, ckpt: Path, metrics: Path, 
     voc.check_ids(data, ids, need_masks=True, split=split)
     with atomic_dir(pred) as tmp:
         fn = partial(_val_one, rec=rec, data=data, tcfg=tcfg)
-        res, res_crf = score_predictions(fn, ids, data_root=data, save_dir=tmp, n_saved=tcfg["n_saved_predictions"],
-                                         threads=threads, desc=f"eval single_stage_{variant}")
+        res, res_crf = score_predictions(
+            fn,
+            ids,
+            data_root=data,
+            save_dir=tmp,
+            n_saved=tcfg["n_saved_predictions"],
+            threads=threads,
+            desc=f"eval single_stage_{variant}",
+        )
         pseudo = None
         if tcfg["pseudo_eval"]["enabled"]:
             objective = SingleStageObjective(net, variant, trained)
             objective.epoch = trained["warmup_epochs"]  # past the warm-up: the code path that makes the pseudo GT
             pseudo = _pseudo_scores(rec, objective, variant, data, cfg["data"]["cam_split"], tcfg, threads)
-    write_json(metrics, {
-        "source": f"single_stage_{variant}",
-        "variant": variant,
-        "protocol": {
-            "split": split,
-            "images": len(ids),
-            "scales": list(tcfg["scales"]),
-            "flip": tcfg["flip"],
-            "fp_cut_score": tcfg["fp_cut_score"],
-            "bg_pow": tcfg["bg_pow"],
-            "crf": tcfg["crf"],
-            "model": "single-stage (1-stage-wseg structure) over " + trained["backbone"]["name"],
-            "ignore": "255 in GT ignored",
-            "image_labels_at_test": "not used (classes cut by the model's own class scores, 1-stage FP_CUT_SCORE)",
+    write_json(
+        metrics,
+        {
+            "source": f"single_stage_{variant}",
+            "variant": variant,
+            "protocol": {
+                "split": split,
+                "images": len(ids),
+                "scales": list(tcfg["scales"]),
+                "flip": tcfg["flip"],
+                "fp_cut_score": tcfg["fp_cut_score"],
+                "bg_pow": tcfg["bg_pow"],
+                "crf": tcfg["crf"],
+                "model": "single-stage (1-stage-wseg structure) over " + trained["backbone"]["name"],
+                "ignore": "255 in GT ignored",
+                "image_labels_at_test": "not used (classes cut by the model's own class scores, 1-stage FP_CUT_SCORE)",
+            },
+            **scores_with_crf(res, res_crf),
+            "pseudo_labels": pseudo,
+            "train_final": {k: v for k, v in checkpoint["history"][-1].items() if k not in ("epoch", "seconds")},
         },
-        **scores_with_crf(res, res_crf),
-        "pseudo_labels": pseudo,
-        "train_final": {k: v for k, v in checkpoint["history"][-1].items() if k not in ("epoch", "seconds")},
-    })
+    )

@@ -43,8 +43,12 @@ def run(cfg, *, seed: int, split: str, data: Path, ckpt: Path, archive: Path, me
     voc.check_ids(data, ids, need_masks=False, split=split)
     counts = np.zeros(voc.NUM_CLASSES, np.int64)
     # gzip without a file name or time, tar entries with mtime 0: byte-identical archives
-    with atomic_path(archive) as tmp, open(tmp, "wb") as raw, \
-            gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+    with (
+        atomic_path(archive) as tmp,
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w") as tar,
+    ):
         fn = partial(_one, model=model, data=data, scfg=scfg)
         for image_id, pred in imap_ordered(fn, ids, workers=threads, desc=f"export {split}"):
             payload = png_bytes(pred)
@@ -52,14 +56,19 @@ def run(cfg, *, seed: int, split: str, data: Path, ckpt: Path, archive: Path, me
             info.size, info.mtime, info.mode = len(payload), 0, 0o644
             tar.addfile(info, io.BytesIO(payload))
             counts += np.bincount(pred.ravel(), minlength=voc.NUM_CLASSES)[: voc.NUM_CLASSES]
-    write_json(metrics, {
-        "split": split,
-        "images": len(ids),
-        "archive": str(archive),
-        "format": f"{ARCHIVE_DIR}/<id>.png (VOC palette, ids 0..20)",
-        "crf": scfg["crf_export"],
-        "scales": list(scfg["scales"]),
-        "flip": scfg["flip"],
-        "predicted_pixel_share": {n: round(float(c) / max(1, counts.sum()), 6) for n, c in zip(voc.VOC_CLASSES, counts)},
-        "train_labels": checkpoint["config"]["labels"],
-    })
+    write_json(
+        metrics,
+        {
+            "split": split,
+            "images": len(ids),
+            "archive": str(archive),
+            "format": f"{ARCHIVE_DIR}/<id>.png (VOC palette, ids 0..20)",
+            "crf": scfg["crf_export"],
+            "scales": list(scfg["scales"]),
+            "flip": scfg["flip"],
+            "predicted_pixel_share": {
+                n: round(float(c) / max(1, counts.sum()), 6) for n, c in zip(voc.VOC_CLASSES, counts)
+            },
+            "train_labels": checkpoint["config"]["labels"],
+        },
+    )

@@ -12,6 +12,12 @@ from wsss.io import write_json
 
 def run(cfg, *, voc: Path, data: Path, metrics: Path, sbd: Path | None = None, threads: int = 1) -> None:
     vcfg = cfg["data"]["voc"]
-    report = voc_prepare.prepare_voc(voc, sbd, data, expect_counts=vcfg["expect_counts"],
-                                     cross_check=vcfg["cross_check"], link_mode=vcfg["link_mode"])
+    report = voc_prepare.prepare_voc(
+        voc,
+        sbd,
+        data,
+        expect_counts=vcfg["expect_counts"],
+        cross_check=vcfg["cross_check"],
+        link_mode=vcfg["link_mode"],
+    )
     write_json(metrics, {**report, "data_source": cfg["data"]["source"]})

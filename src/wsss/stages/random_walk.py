@@ -19,8 +19,9 @@ from wsss.refine.random_walk import walk_label
 log = logging.getLogger("wsss")
 
 
-def run(cfg, *, seed: int, net: str, data: Path, cams: Path, ckpt: Path, pseudo: Path, metrics: Path,
-        threads: int = 1) -> None:
+def run(
+    cfg, *, seed: int, net: str, data: Path, cams: Path, ckpt: Path, pseudo: Path, metrics: Path, threads: int = 1
+) -> None:
     rw = cfg["refine"]["random_walk"]
     model, aff_ckpt = load_affinity_net(ckpt)
     split, eval_split = cfg["data"]["train_split"], cfg["data"]["cam_split"]
@@ -29,16 +30,35 @@ def run(cfg, *, seed: int, net: str, data: Path, cams: Path, ckpt: Path, pseudo:
     with atomic_dir(pseudo) as tmp:
         for image_id in tqdm(ids, desc=f"random walk {net}", mininterval=5, disable=None):
             z = load_npz(cams / f"{image_id}.npz")
-            label = walk_label(model, read_image(voc.image_path(data, image_id)), z["cam"].astype(np.float32),
-                               z["keys"], rw, crf=crf)
+            label = walk_label(
+                model, read_image(voc.image_path(data, image_id)), z["cam"].astype(np.float32), z["keys"], rw, crf=crf
+            )
             write_label_png(tmp / f"{image_id}.png", label)
         res = score_labels(tmp, data, eval_ids)
     trained = aff_ckpt["config"]["random_walk"]  # how the affinity net was trained (its own stage's keys)
     walk = {k: trained[k] for k in ("label_source", "stride")}
     walk.update({k: rw[k] for k in rw})  # the walk's keys (the background key of its mode only)
-    keys = ("label_source", "radius", "stride", "beta", "n_steps", "bg_mode", "bg_score", "bg_power", "image_scale",
-            "crf")
-    write_json(metrics, pseudo_metrics(net, res, split=split, eval_split=eval_split, n_eval=len(eval_ids),
-                                       protocol={"refinement": "affinity random walk",
-                                                 "random_walk": {k: walk[k] for k in keys if k in walk}}))
+    keys = (
+        "label_source",
+        "radius",
+        "stride",
+        "beta",
+        "n_steps",
+        "bg_mode",
+        "bg_score",
+        "bg_power",
+        "image_scale",
+        "crf",
+    )
+    write_json(
+        metrics,
+        pseudo_metrics(
+            net,
+            res,
+            split=split,
+            eval_split=eval_split,
+            n_eval=len(eval_ids),
+            protocol={"refinement": "affinity random walk", "random_walk": {k: walk[k] for k in keys if k in walk}},
+        ),
+    )
     log.info("random-walk pseudo labels of %s: mIoU %.4f on %s", net, res["miou"], eval_split)

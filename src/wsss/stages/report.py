@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from wsss.variants import nets, seg_sources, single_stage_variants
 from wsss.report import build_report
+from wsss.variants import nets, seg_sources, single_stage_variants
 
 log = logging.getLogger("wsss")
 

@@ -22,14 +22,34 @@ from wsss.engine.trainer import seed_everything, train
 from wsss.io import WsssInputError, write_json
 from wsss.models.affinity_net import affinity_net_from_config
 from wsss.models.backbones import init_from_supportnet
-from wsss.refine.affinity import (affinity_labels, affinity_loss, grid_label, neighbour_offsets, pairwise_affinity,
-                                  write_confident_labels)
+from wsss.refine.affinity import (
+    affinity_labels,
+    affinity_loss,
+    grid_label,
+    neighbour_offsets,
+    pairwise_affinity,
+    write_confident_labels,
+)
 
 log = logging.getLogger("wsss")
 
 
-def run(cfg, *, seed: int, net: str, data: Path, ckpt: Path, metrics: Path, plot: Path, state: Path, confident: Path,
-        labels: Path | None = None, cams: Path | None = None, support: Path | None = None, threads: int = 1) -> None:
+def run(
+    cfg,
+    *,
+    seed: int,
+    net: str,
+    data: Path,
+    ckpt: Path,
+    metrics: Path,
+    plot: Path,
+    state: Path,
+    confident: Path,
+    labels: Path | None = None,
+    cams: Path | None = None,
+    support: Path | None = None,
+    threads: int = 1,
+) -> None:
     rw = cfg["refine"]["random_walk"]
     tcfg = rw["train"]
     seed_everything(seed)
@@ -65,9 +85,16 @@ def run(cfg, *, seed: int, net: str, data: Path, ckpt: Path, metrics: Path, plot
         return {"loss": loss, "pairs_pos_fg": pos_fg.float().mean(), "pairs_neg": neg.float().mean()}
 
     history = train(
-        model, ds, tcfg, seed=seed, state_path=state, out=ckpt, desc=f"affinity_{net}",
+        model,
+        ds,
+        tcfg,
+        seed=seed,
+        state_path=state,
+        out=ckpt,
+        desc=f"affinity_{net}",
         resolved={"random_walk": rw, "net": net, "seed": seed, "data": cfg["data"], "labels": rw["label_source"]},
-        inputs={"data": data, "labels": labels, "support": support}, objective=objective,
+        inputs={"data": data, "labels": labels, "support": support},
+        objective=objective,
         section="refine.random_walk",
     )
     if not dist.is_main():

@@ -18,8 +18,19 @@ from wsss.methods.mainnet import MainNetObjective
 from wsss.models.cam_net import build_cam_net, load_cam_net
 
 
-def run(cfg, *, seed: int, variant: str, data: Path, support: Path, ckpt: Path, metrics: Path, plot: Path,
-        state: Path, threads: int = 1) -> None:
+def run(
+    cfg,
+    *,
+    seed: int,
+    variant: str,
+    data: Path,
+    support: Path,
+    ckpt: Path,
+    metrics: Path,
+    plot: Path,
+    state: Path,
+    threads: int = 1,
+) -> None:
     section = cfg["mainnet"]
     tcfg = section["train"]
     name = f"mainnet_{variant}"
@@ -40,10 +51,19 @@ def run(cfg, *, seed: int, variant: str, data: Path, support: Path, ckpt: Path, 
         frozen.to(memory_format=torch.channels_last)
     ds = ClassificationDataset(data, cfg["data"]["train_split"], crop=tcfg["crop"], train=True, seed=seed)
     history = train(
-        net, ds, tcfg, seed=seed, state_path=state, out=ckpt, desc=name, section="mainnet",
+        net,
+        ds,
+        tcfg,
+        seed=seed,
+        state_path=state,
+        out=ckpt,
+        desc=name,
+        section="mainnet",
         resolved={"net": name, "section": section, "backbone": backbone, "seed": seed, "data": cfg["data"]},
-        inputs={"data": data, "support": support}, objective=lambda x, batch: objective(x, batch["label"]),
-        end_of_epoch=periodic_map(net, data, cfg["data"]["val_split"], tcfg["epochs"]), extra={"backbone": backbone},
+        inputs={"data": data, "support": support},
+        objective=lambda x, batch: objective(x, batch["label"]),
+        end_of_epoch=periodic_map(net, data, cfg["data"]["val_split"], tcfg["epochs"]),
+        extra={"backbone": backbone},
     )
     if not dist.is_main():  # every rank holds the same history; rank 0 writes
         return

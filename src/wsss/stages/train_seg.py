@@ -17,8 +17,20 @@ from wsss.models.backbones import init_from_supportnet
 from wsss.models.deeplab import segmenter_from_config
 
 
-def run(cfg, *, seed: int, source: str, data: Path, ckpt: Path, metrics: Path, plot: Path, state: Path,
-        labels: Path | None = None, support: Path | None = None, threads: int = 1) -> None:
+def run(
+    cfg,
+    *,
+    seed: int,
+    source: str,
+    data: Path,
+    ckpt: Path,
+    metrics: Path,
+    plot: Path,
+    state: Path,
+    labels: Path | None = None,
+    support: Path | None = None,
+    threads: int = 1,
+) -> None:
     scfg = cfg["segment"]
     tcfg = scfg["train"]
     seed_everything(seed)
@@ -28,8 +40,9 @@ def run(cfg, *, seed: int, source: str, data: Path, ckpt: Path, metrics: Path, p
     label_dir = labels
     if label_dir is None and (data / "SegmentationClassAug").is_dir():
         label_dir = data / "SegmentationClassAug"  # GT of train_aug (VOC masks, else SBD's)
-    ds = SegmentationDataset(data, cfg["data"]["train_split"], crop=tcfg["crop"], train=True, label_dir=label_dir,
-                             seed=seed)
+    ds = SegmentationDataset(
+        data, cfg["data"]["train_split"], crop=tcfg["crop"], train=True, label_dir=label_dir, seed=seed
+    )
     described = str(labels) if source == "pseudo" else f"ground truth ({(label_dir or Path('SegmentationClass')).name})"
 
     counts = label_counts(read_label_png(voc.mask_path(data, i, label_dir)) for i in ds.ids)
@@ -44,15 +57,30 @@ def run(cfg, *, seed: int, source: str, data: Path, ckpt: Path, metrics: Path, p
         return {"loss": dist.global_mean(loss, count)}
 
     history = train(
-        net, ds, tcfg, seed=seed, state_path=state, out=ckpt, desc=f"deeplab_{source}",
+        net,
+        ds,
+        tcfg,
+        seed=seed,
+        state_path=state,
+        out=ckpt,
+        desc=f"deeplab_{source}",
         resolved={"segment": scfg, "source": source, "seed": seed, "data": cfg["data"], "labels": described},
-        inputs={"data": data, "labels": labels, "support": support}, objective=objective, section="segment",
+        inputs={"data": data, "labels": labels, "support": support},
+        objective=objective,
+        section="segment",
     )
     if not dist.is_main():
         return
-    write_json(metrics, {
-        "source": source, "history": history, "train_labels": described,
-        "label_pixel_counts": {name: int(c) for name, c in zip(voc.VOC_CLASSES, counts)},
-        "class_weights": None if weights is None else {n: round(float(w), 6) for n, w in zip(voc.VOC_CLASSES, weights)},
-    })
+    write_json(
+        metrics,
+        {
+            "source": source,
+            "history": history,
+            "train_labels": described,
+            "label_pixel_counts": {name: int(c) for name, c in zip(voc.VOC_CLASSES, counts)},
+            "class_weights": None
+            if weights is None
+            else {n: round(float(w), 6) for n, w in zip(voc.VOC_CLASSES, weights)},
+        },
+    )
     write_json(plot, history)

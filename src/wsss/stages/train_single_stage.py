@@ -16,29 +16,68 @@ from wsss.models.single_stage import single_stage_from_config
 log = logging.getLogger("wsss")
 
 
-def run(cfg, *, seed: int, variant: str, data: Path, ckpt: Path, metrics: Path, plot: Path, state: Path,
-        support: Path | None = None, threads: int = 1) -> None:
+def run(
+    cfg,
+    *,
+    seed: int,
+    variant: str,
+    data: Path,
+    ckpt: Path,
+    metrics: Path,
+    plot: Path,
+    state: Path,
+    support: Path | None = None,
+    threads: int = 1,
+) -> None:
     scfg = cfg["single_stage"]
     tcfg = scfg["train"]
     seed_everything(seed)
     net = single_stage_from_config(scfg)
     if scfg["init_from_supportnet"]:
         if support is None:
-            raise WsssInputError("single_stage.init_from_supportnet is true: pass the SupportNet checkpoint (--support)")
-        log.info("single-stage backbone initialised from %s (%d tensors)", support,
-                 init_from_supportnet(net.backbone, support, key="single_stage.init_from_supportnet"))
+            raise WsssInputError(
+                "single_stage.init_from_supportnet is true: pass the SupportNet checkpoint (--support)"
+            )
+        log.info(
+            "single-stage backbone initialised from %s (%d tensors)",
+            support,
+            init_from_supportnet(net.backbone, support, key="single_stage.init_from_supportnet"),
+        )
     objective = SingleStageObjective(net, variant, scfg)
     aug = scfg["augment"]
-    ds = ClassificationDataset(data, cfg["data"]["train_split"], crop=tcfg["crop"], train=True, seed=seed,
-                               scale_range=tuple(aug["scale_range"]), jitter=aug["jitter"])
+    ds = ClassificationDataset(
+        data,
+        cfg["data"]["train_split"],
+        crop=tcfg["crop"],
+        train=True,
+        seed=seed,
+        scale_range=tuple(aug["scale_range"]),
+        jitter=aug["jitter"],
+    )
     history = train(
-        net, EpochAware(ds, seed, objective), tcfg, seed=seed, state_path=state, out=ckpt,
-        desc=f"single_stage_{variant}", section="single_stage",
+        net,
+        EpochAware(ds, seed, objective),
+        tcfg,
+        seed=seed,
+        state_path=state,
+        out=ckpt,
+        desc=f"single_stage_{variant}",
+        section="single_stage",
         resolved={"single_stage": scfg, "variant": variant, "seed": seed, "data": cfg["data"]},
-        inputs={"data": data, "support": support}, objective=lambda x, batch: objective(x, batch["label"]),
+        inputs={"data": data, "support": support},
+        objective=lambda x, batch: objective(x, batch["label"]),
         extra={"variant": variant},
     )
-    write_json(metrics, {"variant": variant, "history": history,
-                         "final": {"epochs": tcfg["epochs"], "warmup_epochs": scfg["warmup_epochs"],
-                                   **{k: v for k, v in history[-1].items() if k != "epoch"}}})
+    write_json(
+        metrics,
+        {
+            "variant": variant,
+            "history": history,
+            "final": {
+                "epochs": tcfg["epochs"],
+                "warmup_epochs": scfg["warmup_epochs"],
+                **{k: v for k, v in history[-1].items() if k != "epoch"},
+            },
+        },
+    )
     write_json(plot, history)

@@ -19,14 +19,24 @@ def run(cfg, *, seed: int, data: Path, ckpt: Path, metrics: Path, plot: Path, st
     seed_everything(seed)
     net = build_cam_net(backbone)
     ds = ClassificationDataset(data, cfg["data"]["train_split"], crop=tcfg["crop"], train=True, seed=seed)
+
     def objective(x, batch) -> dict:
         loss = multilabel_loss(net(x)["logits"], batch["label"])
         return {"loss_cls": loss, "loss": loss}
 
     history = train(
-        net, ds, tcfg, seed=seed, state_path=state, out=ckpt, desc="supportnet", section="supportnet",
+        net,
+        ds,
+        tcfg,
+        seed=seed,
+        state_path=state,
+        out=ckpt,
+        desc="supportnet",
+        section="supportnet",
         resolved={"net": "supportnet", "section": section, "backbone": backbone, "seed": seed, "data": cfg["data"]},
-        inputs={"data": data}, objective=objective, extra={"backbone": backbone},
+        inputs={"data": data},
+        objective=objective,
+        extra={"backbone": backbone},
         end_of_epoch=periodic_map(net, data, cfg["data"]["val_split"], tcfg["epochs"]),
     )
     if not dist.is_main():  # every rank holds the same history; rank 0 writes
