@@ -233,7 +233,7 @@ def bench_e2e(configfile: str, target_s: float | None, keep: bool = False) -> di
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for item in ("Snakefile", "workflow", "config", "profiles"):
+        for item in ("Snakefile", "workflow", "config", "profiles", "environment.yml"):
             src = REPO / item
             (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
         first, log = _timed_snakemake(work, configfile)

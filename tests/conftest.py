@@ -30,6 +30,7 @@ def copy_workflow(dst: Path) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "Snakefile", dst / "Snakefile")
     shutil.copy(REPO / ".dvcignore", dst / ".dvcignore")
+    shutil.copy(REPO / "environment.yml", dst / "environment.yml")  # the rules' `conda:` (Snakemake records it)
     for d in ("workflow", "config"):
         shutil.copytree(REPO / d, dst / d)
     shutil.copytree(REPO / "src", dst / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))

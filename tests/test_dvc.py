@@ -77,22 +77,18 @@ def test_dvc_records_the_run_and_compares_experiments(tmp_path, smoke_run):
     _git(work, "commit", "-qm", "smoke")
     before = json.loads((work / "results/smoke/seed0/metrics/train_supportnet.json").read_text())
 
+    # an experiment on the CAM evaluation's fixed threshold: it re-runs exactly the stages that read it
     p = run(
-        [BIN / "dvc", "exp", "run", "-n", "crf3", "-S", "config/smoke.yaml:refine.crf.n_iter=3"], cwd=work, timeout=1200
+        [BIN / "dvc", "exp", "run", "-n", "thr", "-S", "config/smoke.yaml:cams.fixed_threshold=0.2"],
+        cwd=work,
+        timeout=1200,
     )
-    ran = set(re.findall(r"Running stage '([\w]+)'", p.stdout + p.stderr))
-    # the CRF labels feed the affinity net and the walk (smoke: label_source crf); DeepLab re-runs only if the
-    # walk's labels changed (DVC compares content, not times)
-    assert {
+    nets = ["supportnet", "mainnet_baseline", "mainnet_rcm", "mainnet_mam", "mainnet_rcm_mam"]
+    assert set(re.findall(r"Running stage '([\w]+)'", p.stdout + p.stderr)) == {
         "config",
-        "crf_supportnet",
-        "crf_mainnet_baseline",
-        "crf_mainnet_rcm_mam",
-        "train_affinity_mainnet_rcm_mam",
-        "random_walk_mainnet_rcm_mam",
         "report",
-    } <= ran
-    assert not any(s.startswith(("train_mainnet", "extract_cams", "train_supportnet", "train_seg_gt")) for s in ran)
+        *(f"eval_cams_{n}" for n in nets),
+    }
     assert json.loads((work / "results/smoke/seed0/metrics/train_supportnet.json").read_text()) == before
     p = run(
         [BIN / "dvc", "exp", "run", "-n", "title", "-S", "config/smoke.yaml:report.title=other"], cwd=work, timeout=600
@@ -101,30 +97,29 @@ def test_dvc_records_the_run_and_compares_experiments(tmp_path, smoke_run):
 
     shown = json.loads(run([BIN / "dvc", "exp", "show", "--json"], cwd=work).stdout)
     found = {}
-    for rev in shown:  # the baseline commit and its experiments
-        exps = [rev] + [e for x in rev.get("experiments") or [] for e in x.get("revs", [])]
-        for e in exps:
-            data = e.get("data") or {}
-            metrics = data.get("metrics") or {}
-            name = data.get("name") or e.get("name") or e.get("rev")
-            found[name] = {path: m.get("data") for path, m in metrics.items()}
-    assert {"crf3", "title"} <= set(found) and len(found) >= 3, found.keys()
-    for name, metrics in found.items():
-        pseudo = metrics["results/smoke/seed0/metrics/pseudo_supportnet_crf.json"]
-        cam = metrics["results/smoke/seed0/metrics/cam_supportnet.json"]
-        assert isinstance(pseudo["miou"], float) and isinstance(cam["miou"], float), name
-    base = next(m for n, m in found.items() if n not in ("crf3", "title", "workspace"))  # the smoke commit
-    key = "results/smoke/seed0/metrics/pseudo_supportnet_crf.json"
-    assert found["crf3"][key]["miou"] != base[key]["miou"]  # the experiment changed the CRF labels ...
-    cam = "results/smoke/seed0/metrics/cam_supportnet.json"
-    assert found["crf3"][cam] == base[cam] == found["title"][cam]  # ... and nothing upstream of them
+    for rev in shown:  # the workspace, the baseline commit and its experiments
+        for e in [rev] + [r for x in rev.get("experiments") or [] for r in x.get("revs", [])]:
+            metrics = (e.get("data") or {}).get("metrics") or {}
+            found[e.get("name") or e.get("rev")] = {path: m.get("data") for path, m in metrics.items()}
+    assert {"thr", "title"} <= set(found) and len(found) == 4, found.keys()
+    cam, pseudo = (
+        "results/smoke/seed0/metrics/cam_supportnet.json",
+        "results/smoke/seed0/metrics/pseudo_supportnet_crf.json",
+    )
+    for name, metrics in found.items():  # real values for every revision and experiment
+        assert isinstance(metrics[cam]["miou_fixed_threshold"], float), name
+        assert isinstance(metrics[pseudo]["miou"], float), name
+    base = next(m for n, m in found.items() if n not in ("thr", "title", "workspace"))  # the smoke commit
+    assert found["thr"][cam]["fixed_threshold"] == 0.2 and base[cam]["fixed_threshold"] == 0.15
+    assert found["thr"][cam]["miou_fixed_threshold"] != base[cam]["miou_fixed_threshold"]  # what it changed ...
+    assert found["thr"][cam]["miou"] == base[cam]["miou"] and found["thr"][pseudo] == base[pseudo]  # ... and not
 
-    diff = json.loads(run([BIN / "dvc", "metrics", "diff", "HEAD", "crf3", "--json"], cwd=work).stdout)
+    diff = json.loads(run([BIN / "dvc", "metrics", "diff", "HEAD", "thr", "--json"], cwd=work).stdout)
     assert "failed" not in json.dumps(diff).lower()
-    miou = diff[key]["miou"]
-    assert isinstance(miou["old"], float) and isinstance(miou["new"], float) and miou["old"] != miou["new"]
-    params = run([BIN / "dvc", "params", "diff", "HEAD", "crf3", "--json"], cwd=work).stdout
-    assert "n_iter" in params
+    moved = diff[cam]["miou_fixed_threshold"]
+    assert isinstance(moved["old"], float) and isinstance(moved["new"], float) and moved["old"] != moved["new"]
+    params = run([BIN / "dvc", "params", "diff", "HEAD", "thr", "--json"], cwd=work).stdout
+    assert "fixed_threshold" in params
 
     # checkpoints, CAMs and metrics round-trip through a (local directory) DVC remote
     store = tmp_path / "store"

@@ -30,7 +30,7 @@ SAMPLE = {
     "report.title": "another title",
 }
 # the keys whose change is also followed through DVC (dvc status before and after its config stage re-runs)
-DVC_SAMPLE = {"supportnet.train.lr", "refine.crf.n_iter", "segment.aspp_channels", "report.title"}
+DVC_SAMPLE = {"supportnet.train.lr", "refine.crf.n_iter", "report.title"}
 
 
 def _job_name(job) -> str:

@@ -5,9 +5,9 @@ pass: the snapshot the ``config`` step wrote for the run) or as a config file (`
 against the schema; handy by hand), one option per input and output file and per wildcard of its declaration
 (``--seed``, ``--net``, ...), ``--threads`` and ``--log``. The stage module sees only the config keys it declared.
 
-Two more commands: ``wsss config --config FILE --out DIR`` writes every stage's config slice of a config (the DVC
-stage ``config``; Snakemake writes the same files from its rule ``config``), ``wsss validate --config FILE`` checks a
-config and exits.
+Three more commands: ``wsss config --config FILE --out DIR`` writes every stage's config slice of a config (the DVC
+stage ``config``), ``wsss write_slice --text TEXT --out FILE`` one slice as Snakemake's rule ``config`` resolved it
+(the snapshot of the run), ``wsss validate --config FILE`` checks a config and exits.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import json
 import logging
 import os
 import re
@@ -97,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="folder of the slice files (results/<name>/params)")
     v = sub.add_parser("validate", help="validate a config file and exit")
     v.add_argument("--config", required=True)
+    w = sub.add_parser("write_slice", help="write one config slice given as text (Snakemake's rule `config`)")
+    w.add_argument("--text", required=True, help="the slice file's content (JSON, wsss.registry.slice_text)")
+    w.add_argument("--out", required=True)
     return p
 
 
@@ -169,6 +173,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if name == "config":
             write_slices(args.config, args.out)
+            return 0
+        if name == "write_slice":
+            try:
+                doc = json.loads(args.text)
+            except json.JSONDecodeError as e:
+                raise WsssInputError(f"--text: not a config slice (invalid JSON: {e})") from e
+            if not isinstance(doc, dict) or {"stage", "slice", "keys", "config"} - set(doc):
+                raise WsssInputError("--text: not a config slice (needs stage, slice, keys and config)")
+            write_text(args.out, args.text)
             return 0
         if getattr(args, "threads", 1) < 0:
             raise WsssInputError(f"--threads {args.threads}: must be >= 0 (0 = all cores)")

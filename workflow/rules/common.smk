@@ -11,7 +11,6 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from wsss import config as wconfig  # noqa: E402
 from wsss import registry  # noqa: E402
-from wsss.io import write_text  # noqa: E402
 
 # The run's config is one file. `snakemake --configfile A B` reads B as a second config file: most often B was
 # meant as a target, so say so before B's keys fail validation.

@@ -16,6 +16,5 @@ rule config:
         "../../environment.yml"
     params:
         text=lambda wildcards: SLICES[wildcards.slice],
-    run:
-        write_text(output[0], params.text)
-        write_text(log[0], f"wrote {output[0]}\n")
+    shell:
+        "wsss write_slice --out {output:q} --text {params.text:q} 2> {log:q}"
