@@ -329,3 +329,25 @@ def test_dvc_yaml_generator_reports_a_bad_config_in_one_line(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "unknown config key supportnet.train.epochz" in p.stderr
     assert "Traceback" not in p.stderr and not (tmp_path / "dvc.yaml").exists()
+
+
+def test_job_options_are_quoted_for_the_shell():
+    """A user's VOC folder (data.voc.extracted_root) may hold spaces: every job option reaches the stage whole."""
+    from wsss import registry
+
+    args = registry.cli_args(
+        registry.STAGES["prepare_voc"],
+        {},
+        {"voc": "/data/my voc/VOC2012", "params": "p.json"},
+        {"data": "results/x/data/VOC2012", "metrics": "it's.json"},
+        {},
+        {},
+    )
+    assert shlex.split(args) == [
+        "--voc",
+        "/data/my voc/VOC2012",
+        "--data",
+        "results/x/data/VOC2012",
+        "--metrics",
+        "it's.json",
+    ]
