@@ -12,7 +12,7 @@ from PIL import Image
 
 pytestmark = pytest.mark.e2e
 
-NETS = ["supportnet", "mainnet_baseline", "mainnet_rcm", "mainnet_mam", "mainnet_rcm_mam"]
+NETS = ["supportnet", "mainnet_baseline", "mainnet_rcm", "mainnet_mam", "mainnet_rcm_mam", "mainnet_puzzle"]
 CRF_NETS = ["supportnet", "mainnet_baseline", "mainnet_rcm_mam"]
 
 
@@ -26,12 +26,16 @@ def _mean_of_classes(m: dict, key: str = "per_class_iou") -> float:
     return sum(values) / len(values)
 
 
+N_CALIB = 5  # smoke: data.calibration_fraction 0.2 of the 24 train ids (round(4.8)); the other 19 are scored
+
+
 def _rescored(folder: Path, data: Path, split: str) -> float:
-    """mIoU of a pseudo-label folder recomputed from its PNGs (pseudo-label 255 skipped, as the stages do)."""
+    """mIoU of a pseudo-label folder recomputed from its PNGs on the scored ids of ``split`` (the ones after the
+    calibration subset; pseudo-label 255 skipped, as the stages do)."""
     from wsss.evaluation import score_labels
 
     ids = (data / f"ImageSets/Segmentation/{split}.txt").read_text().split()
-    return score_labels(folder, data, ids)["miou"]
+    return score_labels(folder, data, ids[N_CALIB:])["miou"]
 
 
 def test_every_output_and_metric(smoke_run):
@@ -44,11 +48,22 @@ def test_every_output_and_metric(smoke_run):
         ck = __import__("torch").load(exp / f"models/{net}/checkpoint.pt", weights_only=False)
         assert {"model", "optimizer", "scheduler", "epoch", "rng", "config"} <= set(ck)
         m = _json(exp / f"metrics/cam_{net}.json")
-        # the sweep covers the configured thresholds plus the fixed one, and the best of it is the reported mIoU
+        # the sweep covers the configured thresholds plus the fixed one; its best on the calibration subset is the
+        # threshold, and the reported mIoU is the scored ids' at that threshold
         assert m["best_threshold"] in (0.1, 0.15, 0.2, 0.3)
         assert [c["threshold"] for c in m["curve"]] == [0.1, 0.15, 0.2, 0.3]
-        assert max(c["miou"] for c in m["curve"]) == pytest.approx(m["miou"]) == pytest.approx(_mean_of_classes(m))
+        assert m["best_threshold"] == max(m["calibration_curve"], key=lambda c: c["miou"])["threshold"]
+        at_best = next(c["miou"] for c in m["curve"] if c["threshold"] == m["best_threshold"])
+        assert at_best == pytest.approx(m["miou"]) == pytest.approx(_mean_of_classes(m))
+        assert m["protocol"]["images"] == len(ids) - N_CALIB and "first 5 ids" in m["protocol"]["calibration_subset"]
         assert m["part_recall"] > 0 and m["body_recall"] > 0
+        # the rescaling-invariant section: both rings, a rate reached on the scored ids near the one matched on
+        # the calibration subset, and a part-biased CAM's recall falling with the distance to the part
+        inv = m["matched_rate"]
+        assert inv["rate"] == 0.45 and list(inv["rings"]) == ["1-2", "3-4"]
+        r12 = inv["rings"]["1-2"]
+        assert 0.2 < r12["achieved_rate"] < 0.7 and 0 < r12["body_recall"] < r12["part_recall"]
+        assert 0 < r12["boundary_miou"] < 1 and r12["context_fp"] is not None
         if net == "supportnet":  # its CAM covers the discriminative part more than the body (the planted bias)
             assert m["part_recall"] > m["body_recall"] + 0.03
         assert m["protocol"]["split"] == "train"
@@ -63,11 +78,15 @@ def test_every_output_and_metric(smoke_run):
     for net in CRF_NETS:
         m = _json(exp / f"metrics/pseudo_{net}_crf.json")
         assert m["miou"] == pytest.approx(_rescored(exp / f"pseudo/{net}_crf", root / "data/VOC2012", "train"))
-        # smoke: refine.calibrate_background crf_sweep over alphas 1, 2, 4 on 6 images; the best one is used
+        # smoke: refine.calibrate_background crf_sweep over gammas 1, 2 x alphas 1, 2, 4 on the 5 calibration
+        # images (refine.calibration_images 6 is capped by the subset); the best point is used
         cal = m["protocol"]["background_calibration"]
-        assert [r["bg_alpha"] for r in cal["curve"]] == [1.0, 2.0, 4.0] and cal["images"] == 6
-        assert cal["chosen"] == max(cal["curve"], key=lambda r: r["miou"])["bg_alpha"]
-        assert f"alpha {cal['chosen']:.4g}" in m["protocol"]["background"]
+        grid = [(r["cam_gamma"], r["bg_alpha"]) for r in cal["curve"]]
+        assert grid == [(g, a) for g in (1.0, 2.0) for a in (1.0, 2.0, 4.0)] and cal["images"] == N_CALIB
+        best = max(cal["curve"], key=lambda r: r["miou"])
+        assert cal["chosen"] == {"cam_gamma": best["cam_gamma"], "bg_alpha": best["bg_alpha"]}
+        assert f"alpha {best['bg_alpha']:.4g}" in m["protocol"]["background"]
+        assert m["protocol"]["cam_power"] == best["cam_gamma"] and m["protocol"]["images"] == len(ids) - N_CALIB
         pngs = sorted((exp / f"pseudo/{net}_crf").glob("*.png"))
         assert len(pngs) == len(ids)
         assert Image.open(pngs[0]).mode == "P"
@@ -128,7 +147,7 @@ def test_every_output_and_metric(smoke_run):
     assert not [p for p in (exp / "state").rglob("*.pt")]
     # every stage read exactly the config keys it declared (undeclared ones would have failed the job)
     logs = [p.read_text() for p in root.rglob("logs/*.log") if not p.name.startswith("config_")]
-    assert len(logs) == 35  # one per stage job of the smoke DAG
+    assert len(logs) == 38  # one per stage job of the smoke DAG
     assert not [t for t in logs if "declares config keys it did not read" in t]
 
 
@@ -185,9 +204,9 @@ def test_adding_a_seed_runs_only_that_seed(smoke_run):
     assert jobs == {
         "config": 1,
         "train_supportnet": 1,
-        "train_mainnet": 4,
-        "extract_cams": 5,
-        "eval_cams": 5,
+        "train_mainnet": 5,
+        "extract_cams": 6,
+        "eval_cams": 6,
         "crf": 3,
         "train_affinity": 1,
         "random_walk": 1,

@@ -23,6 +23,12 @@ CAM = {  # net -> (miou, best_threshold, part_recall, body_recall)
     "mainnet_baseline": (0.45, 0.25, 0.82, 0.40),
     "mainnet_rcm_mam": (0.52, 0.30, 0.85, 0.55),
 }
+# net -> (body recall, context FP, boundary mIoU) at the matched rate of the 1-2 px ring (3-4: each minus 0.1)
+MATCHED = {
+    "supportnet": (0.30, 0.20, 0.50),
+    "mainnet_baseline": (0.33, 0.25, 0.52),
+    "mainnet_rcm_mam": (0.31, 0.35, 0.51),
+}
 PSEUDO = {"supportnet": 0.47, "mainnet_rcm_mam": 0.58}
 SEG = {"pseudo": (0.55, 0.57), "gt": (0.70, 0.72)}
 H, W = 12, 16
@@ -30,6 +36,23 @@ H, W = 12, 16
 
 def _protocol(split: str) -> dict:
     return {"split": split, "scales": [1.0, 0.5], "flip": True, "threshold_selection": "sweep"}
+
+
+def _matched(body: float, ctx: float, boundary: float) -> dict:
+    def ring(shift: float) -> dict:
+        return {
+            "achieved_rate": 0.45,
+            "ring_pixels": 1000,
+            "fg_recall": body + 0.1 - shift,
+            "part_recall": 0.9,
+            "body_recall": body - shift,
+            "body_recall_by_distance": {"0-4": 0.9, "4-8": body - shift, ">8": None},
+            "context_fp": ctx - shift,
+            "bg_fp": 0.1,
+            "boundary_miou": boundary - shift,
+        }
+
+    return {"rate": 0.45, "rings": {"1-2": ring(0.0), "3-4": ring(0.1)}, "distance_bins": ["0-4", "4-8", ">8"]}
 
 
 def write_metrics(e: Path) -> None:
@@ -61,6 +84,7 @@ def write_metrics(e: Path) -> None:
                 "other_bg_share": 0.05,
                 "fixed_threshold": 0.15,
                 "miou_fixed_threshold": miou - 0.02,
+                "matched_rate": _matched(*MATCHED[net]),
             },
         )
     for net, miou in PSEUDO.items():
@@ -158,7 +182,18 @@ def test_tables_equal_inputs(exp: Path) -> None:
     ab = table(s, "ablation").set_index("net")
     assert list(ab.index) == NETS
     assert ab.loc["mainnet_rcm_mam", "delta_cam_miou"] == pytest.approx(0.52 - 0.45)
-    assert ab.loc["mainnet_rcm_mam", "delta_body_recall"] == pytest.approx(0.55 - 0.40)
+    # the ablation's body recall is the matched-rate one (first ring), not the swept one (0.55 - 0.40)
+    assert ab.loc["mainnet_rcm_mam", "matched_body_recall"] == pytest.approx(0.31)
+    assert ab.loc["mainnet_rcm_mam", "delta_matched_body_recall"] == pytest.approx(0.31 - 0.33)
+    assert ab.loc["mainnet_rcm_mam", "delta_matched_context_fp"] == pytest.approx(0.35 - 0.25)
+    assert ab.loc["supportnet", "delta_matched_boundary_miou"] == pytest.approx(0.50 - 0.52)
+
+    cm = table(s, "cam_matched")
+    assert len(cm) == 2 * len(CAM) and set(cm["ring_px"]) == {"1-2", "3-4"}
+    row = cm[(cm["net"] == "mainnet_rcm_mam") & (cm["ring_px"] == "3-4")].iloc[0]
+    assert row["body_recall"] == pytest.approx(0.21) and row["context_fp"] == pytest.approx(0.25)
+    assert row["fp_rate"] == pytest.approx(0.45) and row["body_recall_4-8px"] == pytest.approx(0.21)
+    assert math.isnan(row["body_recall_>8px"])
     assert ab.loc["mainnet_baseline", "delta_cam_miou"] == pytest.approx(0.0)
     assert ab.loc["mainnet_rcm_mam", "pseudo_miou"] == pytest.approx(0.58)
     assert math.isnan(ab.loc["mainnet_baseline", "pseudo_miou"])  # no CRF pseudo labels for the control
@@ -190,7 +225,10 @@ def test_tables_equal_inputs(exp: Path) -> None:
     assert "1.0, 0.5" in set(pr.loc[pr["key"] == "scales", "value"])
 
     md = Path(s["tables_md"]).read_text()
-    assert "| mainnet_rcm_mam | MainNet +RCM+MAM | 52.0 | +7.0 | 55.0 | +15.0 | 58.0 | — |" in md
+    assert (
+        "| mainnet_rcm_mam | MainNet +RCM+MAM | 52.0 | +7.0 | 31.0 | -2.0 | 35.0 | +10.0 | 51.0 | -1.0 | 58.0 | — |"
+        in md
+    )
 
 
 def test_changed_input_changes_tables(exp: Path) -> None:
@@ -314,14 +352,32 @@ def test_seed_table_mean_spread_and_paired_delta(tmp_path: Path) -> None:
             d = read_json(p)
             d["miou"] = 0.5 + shift + extra
             d["context_bg_share"] = 0.1 + 2 * extra  # the full model claims more context background
+            d["matched_rate"]["rings"]["1-2"]["body_recall"] = 0.4 + shift + 2 * extra
             write_json(p, d)
     write_data(root)
     s = run(root, seeds=[0, 1, 2])
     seeds = table(s, "seeds")
-    full = seeds[(seeds["quantity"] == "CAM mIoU (train)") & (seeds["net"] == "mainnet_rcm_mam")].iloc[0]
+    full = seeds[(seeds["quantity"] == "CAM mIoU, threshold-swept (train)") & (seeds["net"] == "mainnet_rcm_mam")].iloc[
+        0
+    ]
     assert full["n_seeds"] == 3 and full["mean"] == pytest.approx(0.53) and full["sd"] == pytest.approx(0.02)
     # the paired delta removes the shared seed shift: exactly +0.03 with no spread
     assert full["delta_vs_control"] == pytest.approx(0.03) and full["delta_sd"] == pytest.approx(0.0, abs=1e-12)
     ctx = seeds[(seeds["quantity"] == "context bg claimed by the CAM (train)") & (seeds["net"] == "mainnet_rcm_mam")]
     assert ctx["mean"].iloc[0] == pytest.approx(0.16) and ctx["delta_vs_control"].iloc[0] == pytest.approx(0.06)
+    body = seeds[seeds["quantity"] == "body recall, matched 1-2 px ring rate (train)"].set_index("net")
+    assert body.loc["mainnet_rcm_mam", "delta_vs_control"] == pytest.approx(0.06)
+    assert body.loc["mainnet_rcm_mam", "delta_sd"] == pytest.approx(0.0, abs=1e-12)
+    assert body.loc["mainnet_baseline", "sd"] == pytest.approx(0.02)
+    ab = table(s, "ablation_seeds").set_index("net")
+    # matched body recall: the full model +0.06 over the control in every seed (sd 0), SupportNet lower
+    assert ab.loc["mainnet_rcm_mam", "delta_body"] == pytest.approx(0.06)
+    assert ab.loc["mainnet_rcm_mam", "delta_body_sd"] == pytest.approx(0.0, abs=1e-12)
+    assert ab.loc["mainnet_rcm_mam", "body_gain_beyond_2sd"] == "yes"
+    assert ab.loc["supportnet", "body_gain_beyond_2sd"] == "no"  # 0.30 - (0.40 + shift): a loss in every seed
+    assert ab.loc["mainnet_rcm_mam", "n_seeds"] == 3
+    assert ab.loc["supportnet", "delta_body"] == pytest.approx(-0.10)
+    assert ab.loc["mainnet_rcm_mam", "crf"] == pytest.approx(PSEUDO["mainnet_rcm_mam"])
+    assert math.isnan(ab.loc["mainnet_rcm_mam", "delta_crf"])  # the fixture's control has no CRF labels
+    assert math.isnan(ab.loc["mainnet_baseline", "delta_body"])  # the control is the reference
     assert "seed0/metrics/cam_supportnet.json" in table(s, "pipeline")["file"].tolist()

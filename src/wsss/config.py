@@ -122,6 +122,18 @@ def _check_consistency(cfg: dict, source: str) -> None:
             "CAMs and pseudo labels are made on train_split and scored on cam_split, so cam_split must be "
             "train_split or a split it holds (train within train_aug)"
         )
+    if data["source"] == "synthetic" and data["cam_split"] == "train" and data["synthetic"]["n_train"] < 2:
+        raise WsssInputError(
+            f"{source}: data.synthetic.n_train = {data['synthetic']['n_train']}: cam_split 'train' needs at least "
+            "2 images, one to calibrate on (data.calibration_fraction) and one to score"
+        )
+    matched = cfg["cams"]["matched"]
+    for lo, hi in matched["rings"]:
+        if lo > hi:
+            raise WsssInputError(f"{source}: cams.matched.rings has [{lo}, {hi}]; a ring is [lo, hi] with lo <= hi")
+    bins = matched["distance_bins"]
+    if any(b >= c for b, c in zip(bins, bins[1:])):
+        raise WsssInputError(f"{source}: cams.matched.distance_bins {bins} must be strictly increasing")
     syn = cfg["data"]["synthetic"]
     for low, high in (
         ("size_min", "size_max"),

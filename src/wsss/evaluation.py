@@ -112,6 +112,27 @@ def check_splits(data_root: Path, split: str, eval_split: str) -> tuple[list[str
     return ids, eval_ids
 
 
+def held_out(eval_ids: list[str], fraction: float, eval_split: str) -> tuple[list[str], list[str]]:
+    """(calibration ids, scored ids) of cam_split: its first max(1, round(fraction · N)) ids
+    (``data.calibration_fraction``), on which every value is chosen against the GT, and the others, on which
+    every number is scored."""
+    n = max(1, round(fraction * len(eval_ids)))
+    if n >= len(eval_ids):
+        raise WsssInputError(
+            f"data.calibration_fraction = {fraction} of data.cam_split '{eval_split}' ({len(eval_ids)} ids) leaves "
+            "no image to score; the split needs at least 2 images and a fraction that leaves one"
+        )
+    return eval_ids[:n], eval_ids[n:]
+
+
+def held_out_protocol(eval_split: str, n_calibration: int, n_scored: int) -> dict:
+    """The protocol lines of a held-out calibration."""
+    return {
+        "calibration_subset": f"first {n_calibration} ids of {eval_split} (every value chosen on GT is chosen here)",
+        "scored": f"the other {n_scored} ids of {eval_split} (disjoint from the calibration subset)",
+    }
+
+
 def score_labels(folder: Path, data_root: Path, eval_ids: list[str]) -> dict:
     """mIoU of the label PNGs in ``folder`` on ``eval_ids`` (pseudo-label 255 pixels skipped, AFA convention)."""
     cm = metrics.ConfusionMatrix(pred_ignore="skip")
@@ -148,6 +169,15 @@ def bias_probes(data_root: Path) -> tuple[Path | None, set[int]]:
     meta = data_root / "synthetic.json"
     context = {int(c) for c in read_json(meta).get("context_classes", {})} if meta.is_file() else set()
     return (part_dir if part_dir.is_dir() else None), context
+
+
+def context_rows(data_root: Path) -> dict[str, list[int] | None]:
+    """Per image id, the [y0, y1) rows of its context fill (None without one) of a synthetic dataset; {} for real
+    data."""
+    meta = data_root / "synthetic.json"
+    if not meta.is_file():
+        return {}
+    return {k: v.get("context_rows") for k, v in read_json(meta).get("images", {}).items()}
 
 
 def periodic_map(net, data_root: Path, split: str, epochs: int) -> Callable[[int], dict]:

@@ -112,12 +112,9 @@ NET = r"supportnet|mainnet_[a-z_]+"
 
 
 def _mainnet_keys(cfg: dict, wc: dict) -> list[str]:
-    rcm, mam = MAINNET_VARIANTS[wc["variant"]]
-    return (
-        ["data.train_split", "data.val_split", "mainnet.train", "mainnet.init_from_supportnet"]
-        + (["mainnet.rcm"] if rcm else [])
-        + (["mainnet.mam"] if mam else [])
-    )
+    return ["data.train_split", "data.val_split", "mainnet.train", "mainnet.init_from_supportnet"] + [
+        f"mainnet.{m}" for m in MAINNET_VARIANTS[wc["variant"]]
+    ]
 
 
 def _crf_keys(cfg: dict, wc: dict) -> list[str]:
@@ -125,6 +122,7 @@ def _crf_keys(cfg: dict, wc: dict) -> list[str]:
     keys = [
         "data.train_split",
         "data.cam_split",
+        "data.calibration_fraction",
         "refine.bg_mode",
         "refine.ignore_confidence",
         "refine.crf",
@@ -134,6 +132,7 @@ def _crf_keys(cfg: dict, wc: dict) -> list[str]:
     if r["calibrate_background"] == "crf_sweep":
         keys += [
             "refine.calibration_images",
+            "refine.calibration_gammas",
             "refine.calibration_constants" if r["bg_mode"] == "constant" else "refine.calibration_alphas",
         ]
     return keys
@@ -161,7 +160,7 @@ def _affinity_keys(cfg: dict, wc: dict) -> list[str]:
 
 def _walk_keys(cfg: dict, wc: dict) -> list[str]:
     rw = cfg["refine"]["random_walk"]
-    keys = ["data.train_split", "data.cam_split"] + [
+    keys = ["data.train_split", "data.cam_split", "data.calibration_fraction"] + [
         f"refine.random_walk.{k}" for k in ("radius", "beta", "n_steps", "bg_mode", "image_scale", "crf")
     ]
     keys.append("refine.random_walk.bg_power" if rw["bg_mode"] == "psa" else "refine.random_walk.bg_score")
@@ -223,7 +222,9 @@ def _eval_single_stage_keys(cfg: dict, wc: dict) -> list[str]:
         f"single_stage.{k}"
         for k in ("scales", "flip", "fp_cut_score", "bg_pow", "crf", "n_saved_predictions", "pseudo_eval")
     ]
-    return keys + (["data.cam_split"] if cfg["single_stage"]["pseudo_eval"]["enabled"] else [])
+    return keys + (
+        ["data.cam_split", "data.calibration_fraction"] if cfg["single_stage"]["pseudo_eval"]["enabled"] else []
+    )
 
 
 def _report_keys(cfg: dict, wc: dict) -> list[str]:
@@ -348,8 +349,16 @@ _declare(
     Stage(
         "eval_cams",
         "cams",
-        "CAM mIoU on cam_split with a background-threshold sweep",
-        keys=_static("data.cam_split", "cams.scales", "cams.flip", "cams.thresholds", "cams.fixed_threshold"),
+        "CAM mIoU on cam_split with a background-threshold sweep, and rescaling-invariant measures",
+        keys=_static(
+            "data.cam_split",
+            "data.calibration_fraction",
+            "cams.scales",
+            "cams.flip",
+            "cams.thresholds",
+            "cams.fixed_threshold",
+            "cams.matched",
+        ),
         inputs={"data": File(DATA), "cams": File("{seed_dir}/cams/{net}")},
         outputs={
             "metrics": File("{seed_dir}/metrics/cam_{net}.json", "metrics"),

@@ -1,8 +1,15 @@
 """The ablation variants of the two methods (name -> the mechanisms it switches on) and which networks a config
 trains. Torch-free: the registry, the Snakemake rules, the training objectives and the report all read it."""
 
-# MainNet (pixel-level self-supervision): name -> (RCM, MAM); "baseline" is the fair control
-MAINNET_VARIANTS = {"baseline": (False, False), "rcm": (True, False), "mam": (False, True), "rcm_mam": (True, True)}
+# MainNet (pixel-level self-supervision): name -> the mechanisms it adds to the classification loss; "baseline" is
+# the fair control, "puzzle" the positive control (Puzzle-CAM's puzzle module, a published CAM-expansion method)
+MAINNET_VARIANTS = {
+    "baseline": (),
+    "rcm": ("rcm",),
+    "mam": ("mam",),
+    "rcm_mam": ("rcm", "mam"),
+    "puzzle": ("puzzle",),
+}
 
 # the single-stage model (AA&LR): name -> (adaptive affinity, label reassign)
 SINGLE_STAGE_VARIANTS = {"baseline": (False, False), "aa": (True, False), "lr": (False, True), "aa_lr": (True, True)}

@@ -31,7 +31,9 @@ from wsss.io import WsssInputError, atomic_dir, write_jpeg, write_json, write_la
 
 log = logging.getLogger("wsss")
 
-GENERATOR_VERSION = 1
+# 2: ``part_position: end`` (the disc towards one end of its object, benchmark v2, issue 14); with the default
+# ``anywhere`` every image and mask is byte-identical to version 1's (tests/test_synthetic.py pins them)
+GENERATOR_VERSION = 2
 
 CONTEXT_KINDS = ("water", "grass", "sky", "road")
 SHAPE_NAMES = ("ellipse", "rectangle", "triangle", "hexagon", "cross", "star", "lshape", "arrow")
@@ -123,13 +125,24 @@ def _shape_mask(
     return np.asarray(im, dtype=bool)
 
 
-def _disc_in(body: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """A disc of about ``fraction`` of the body's area, placed at a random spot where it fits inside the body."""
+END_SHARE = 0.15  # part_position "end": the disc's centre among the 15 % of its possible centres furthest out
+
+
+def _disc_in(body: np.ndarray, fraction: float, rng: np.random.Generator, position: str = "anywhere") -> np.ndarray:
+    """A disc of about ``fraction`` of the body's area, placed at a random spot where it fits inside the body:
+    anywhere, or (``end``) towards one end of the body's long axis (its principal axis, the end drawn at random),
+    among the :data:`END_SHARE` of the possible centres furthest along it."""
     ys, xs = np.nonzero(body)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     dist = ndimage.distance_transform_edt(np.pad(body[y0:y1, x0:x1], 1))[1:-1, 1:-1]
     r = min(np.sqrt(fraction * len(ys) / np.pi), 0.9 * dist.max())
     cand_y, cand_x = np.nonzero(dist >= r)
+    if position == "end":
+        coords = np.stack([ys - ys.mean(), xs - xs.mean()]).astype(np.float64)
+        axis = np.linalg.eigh(coords @ coords.T)[1][:, -1] * (1.0 if rng.random() < 0.5 else -1.0)
+        along = (cand_y + y0 - ys.mean()) * axis[0] + (cand_x + x0 - xs.mean()) * axis[1]
+        far = along >= np.quantile(along, 1.0 - END_SHARE)
+        cand_y, cand_x = cand_y[far], cand_x[far]
     k = int(rng.integers(len(cand_y)))
     cy, cx = cand_y[k] + y0, cand_x[k] + x0
     yy, xx = np.ogrid[: body.shape[0], : body.shape[1]]
@@ -334,7 +347,7 @@ def _draw_object(canvas, c, h, w, spec, cat, rows, taken, rng):
         near_bg = canvas[body].mean(axis=0) + rng.uniform(-14, 14, size=3)
         colour = near_bg if not tinted else 0.5 * near_bg + 0.5 * colour
     _paint_body(canvas, body, colour, rng)
-    disc = _disc_in(body, spec["part_fraction"], rng)
+    disc = _disc_in(body, spec["part_fraction"], rng, spec["part_position"])
     radius = np.sqrt(disc.sum() / np.pi)
     period = max(4.0, radius)
     if tinted:  # the body carries the class code too (muted), so the disc is no longer the only evidence

@@ -238,6 +238,30 @@ class EpochSeededDataset(torch.utils.data.Dataset):
             return self.dataset[index]
 
 
+class EpochAware(torch.utils.data.Dataset):
+    """Forwards items of ``ds``; :func:`train` sets ``dataset.seed = run_seed * 1000 + epoch`` before every epoch,
+    from which this wrapper sets ``objective.epoch`` (also after a resume): for objectives whose terms depend on
+    the training progress (the single-stage warm-up, the puzzle weight's ramp)."""
+
+    def __init__(self, ds, run_seed: int, objective):
+        self.ds, self.run_seed, self.objective = ds, int(run_seed), objective
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.ds[i]
+
+    @property
+    def seed(self) -> int:
+        return self.ds.seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self.ds.seed = value
+        self.objective.epoch = int(value) - self.run_seed * 1000
+
+
 def global_batches(n: int, global_batch: int, generator: torch.Generator, rank: int = 0, world: int = 1) -> list:
     """Index lists of this rank's share of every global batch of an epoch.
 

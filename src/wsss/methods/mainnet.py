@@ -1,10 +1,12 @@
-"""MainNet's objective: classification, plus RCM and MAM from a frozen SupportNet (pixel-level self-supervision).
+"""MainNet's objective: classification, plus RCM and MAM from a frozen SupportNet (pixel-level self-supervision),
+or Puzzle-CAM's puzzle module (the positive control).
 
-MainNet step (variant flags ``rcm`` and ``mam``, :data:`wsss.variants.MAINNET_VARIANTS`)::
+MainNet step (the variant's mechanisms, :data:`wsss.variants.MAINNET_VARIANTS`)::
 
     L = L_cls(MainNet(x), y)
       + [rcm] w_rcm * L_rcm(MainNet pixel embeddings, regions and prototypes from frozen SupportNet)
       + [mam] w_mam * L_mam(MainNet CAMs at scales S, fused SupportNet CAMs at scales S)
+      + [puzzle] L_p-cls(GAP(merged tile CAMs), y) + alpha(t) * L_re(CAM, merged tile CAMs)   (wsss.losses.puzzle)
 
 SupportNet is frozen (eval mode, no gradient) while MainNet trains; ``tests/test_stages.py`` proves that no
 gradient reaches it. ``support=None`` gives SupportNet's own objective (classification only).
@@ -16,22 +18,39 @@ import torch
 import torch.nn.functional as F
 
 from wsss.engine import distributed as dist
-from wsss.losses import classification, mam, rcm
+from wsss.losses import classification, mam, puzzle, rcm
 from wsss.models.cam_net import CAMNet, cams_at_scales, normalize_cam
 from wsss.variants import MAINNET_VARIANTS
 
 
 class MainNetObjective:
     """Loss of one MainNet variant given a frozen SupportNet; ``mcfg`` is the ``mainnet`` config section (only
-    its ``rcm`` / ``mam`` parts are read, and only for the variants that use them)."""
+    the parts of the variant's mechanisms are read).
 
-    def __init__(self, net: CAMNet, support: CAMNet | None, variant: str, mcfg=None):
+    ``epoch`` (set by the training loop through :class:`wsss.engine.trainer.EpochAware`) and ``steps_per_epoch``
+    / ``epochs`` give the training progress that ramps the puzzle weight; the step within the epoch is counted
+    here (a resume starts at an epoch boundary, so the count restarts with it)."""
+
+    def __init__(
+        self,
+        net: CAMNet,
+        support: CAMNet | None,
+        variant: str,
+        mcfg=None,
+        *,
+        steps_per_epoch: int = 1,
+        epochs: int = 1,
+    ):
         if variant not in MAINNET_VARIANTS:
             raise ValueError(f"unknown MainNet variant {variant!r}; choose from {list(MAINNET_VARIANTS)}")
         self.net, self.support = net, support
-        self.use_rcm, self.use_mam = MAINNET_VARIANTS[variant]
+        mechanisms = MAINNET_VARIANTS[variant]
+        self.use_rcm, self.use_mam, self.use_puzzle = ("rcm" in mechanisms, "mam" in mechanisms, "puzzle" in mechanisms)
         self.rcm_cfg = mcfg["rcm"] if self.use_rcm else None
         self.mam_cfg = mcfg["mam"] if self.use_mam else None
+        self.puzzle_cfg = mcfg["puzzle"] if self.use_puzzle else None
+        self.steps_per_epoch, self.epochs = max(1, int(steps_per_epoch)), max(1, int(epochs))
+        self.epoch, self._counted = 0, (None, 0)
         self.memory = None
         if self.use_rcm and self.rcm_cfg["memory_momentum"] > 0:
             self.memory = rcm.PrototypeMemory(21, net.backbone.out_channels, self.rcm_cfg["memory_momentum"])
@@ -47,8 +66,32 @@ class MainNetObjective:
             losses["loss_rcm"] = self.rcm_cfg["weight"] * self._rcm(out, s_out, y, want_proj)
         if self.use_mam:
             losses["loss_mam"] = self.mam_cfg["weight"] * self._mam(x, out, y)
+        if self.use_puzzle:
+            losses.update(self._puzzle(x, out, y))
         losses["loss"] = sum(losses.values())
         return losses
+
+    def progress(self) -> float:
+        """Training progress t / T in [0, 1) of the current step (counted per call within ``epoch``)."""
+        epoch, step = self._counted
+        step = step + 1 if epoch == self.epoch else 0
+        self._counted = (self.epoch, step)
+        return (self.epoch + min(step, self.steps_per_epoch - 1) / self.steps_per_epoch) / self.epochs
+
+    def _puzzle(self, x: torch.Tensor, out: dict, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        c = self.puzzle_cfg
+        n = c["tiles"]
+        merged = puzzle.merge(self.net(puzzle.tile(x, n))["cam"], n)
+        if merged.shape != out["cam"].shape:
+            raise ValueError(
+                f"the {n}x{n} puzzle tiles give a {tuple(merged.shape[-2:])} map against the full image's "
+                f"{tuple(out['cam'].shape[-2:])}: use a crop that is a multiple of {n} x the backbone's stride"
+            )
+        alpha = puzzle.alpha_at(self.progress(), c["weight"], c["ramp"])
+        return {
+            "loss_pcls": classification.multilabel_loss(merged.mean(dim=(2, 3)), y),
+            "loss_re": alpha * puzzle.reconstruction_loss(out["cam"], merged, y),
+        }
 
     def _rcm(self, out: dict, s_out: dict, y: torch.Tensor, want_proj: bool) -> torch.Tensor:
         c = self.rcm_cfg

@@ -109,26 +109,3 @@ class SingleStageObjective:
         losses.update(extra)
         losses["loss"] = sum(v for k, v in losses.items() if k.startswith("loss_"))
         return losses
-
-
-class EpochAware(torch.utils.data.Dataset):
-    """Forwards items of ``ds``; the trainer sets ``dataset.seed = run_seed * 1000 + epoch`` before every epoch
-    (``wsss.engine.trainer.train``), from which this wrapper tells the objective the epoch (also after a resume)."""
-
-    def __init__(self, ds, run_seed: int, objective: SingleStageObjective):
-        self.ds, self.run_seed, self.objective = ds, int(run_seed), objective
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.ds[i]
-
-    @property
-    def seed(self) -> int:
-        return self.ds.seed
-
-    @seed.setter
-    def seed(self, value: int) -> None:
-        self.ds.seed = value
-        self.objective.epoch = int(value) - self.run_seed * 1000

@@ -10,7 +10,7 @@ from wsss.io import read_json, write_text
 from wsss.report.figures import make_figures
 from wsss.report.html import page_html, tables_markdown
 from wsss.report.inputs import load_experiment
-from wsss.report.tables import Table, build_tables, seed_spread, stacked_csv_frame
+from wsss.report.tables import Table, ablation_over_seeds, build_tables, seed_spread, stacked_csv_frame
 
 __all__ = ["build_report", "Table"]
 
@@ -58,7 +58,7 @@ def build_report(
         exps = [load_experiment(exp_dir, **kw)]
     exp = exps[0]
     out = Path(out_dir)
-    tables = build_tables(exp) + [seed_spread(exps)]
+    tables = build_tables(exp) + [ablation_over_seeds(exps), seed_spread(exps)]
     figures, skipped_figs = make_figures(exp, out / "figures", n_qualitative)
 
     notes = [

@@ -17,6 +17,7 @@ FULL = "mainnet_rcm_mam"
 NET_LABELS = {
     "supportnet": "SupportNet",
     "mainnet_baseline": "MainNet baseline (fair control)",
+    "mainnet_puzzle": "MainNet +Puzzle-CAM (positive control)",
     "mainnet_rcm": "MainNet +RCM",
     "mainnet_mam": "MainNet +MAM",
     "mainnet_rcm_mam": "MainNet +RCM+MAM",

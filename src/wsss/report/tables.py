@@ -59,6 +59,23 @@ def _ratio_pct(a: float, b: float) -> float:
     return 100.0 * a / b if not (math.isnan(a) or math.isnan(b) or b == 0) else NAN
 
 
+def matched(d: dict, key: str, path, ring: str | None = None) -> float:
+    """``key`` of the rescaling-invariant section ``matched_rate`` of a CAM metric file, in ``ring`` (default: the
+    first ring); NaN when the file has no such section (an older file, or the key is None)."""
+    rings = (d.get("matched_rate") or {}).get("rings") or {}
+    if not rings:
+        return NAN
+    return num(rings.get(ring or next(iter(rings)), {}), key, path)
+
+
+def first_ring(exp: Experiment) -> str | None:
+    for d in exp.cam.values():
+        rings = (d.get("matched_rate") or {}).get("rings")
+        if rings:
+            return next(iter(rings))
+    return None
+
+
 # ------------------------------------------------------------------------------------------ (a) CAM quality
 def cam_quality(exp: Experiment) -> Table:
     rows = []
@@ -93,13 +110,48 @@ def cam_quality(exp: Experiment) -> Table:
     }
     return Table(
         "cam_quality",
-        "CAM quality (train split)",
-        "CAM mIoU at the best background threshold of the sweep and at the fixed threshold; part/body recall = "
+        "CAM quality, threshold-swept (train split; a rescaling of the CAM moves these)",
+        "CAM mIoU at the best background threshold of the sweep (chosen on the scored images' GT) and at the fixed "
+        "threshold; part/body recall at that best threshold = "
         "share of discriminative-part / body pixels of the objects recovered by the CAM (as computed by the CAM "
-        "evaluation; see its protocol); "
+        "evaluation; see its protocol). A CAM raised to a power scores about the same mIoU with another body "
+        "recall: compare nets on the matched-rate table instead; "
         "gap = part - body recall (smaller means more of the object is covered); context/other bg share = "
         "share of context / other background pixels wrongly claimed by the CAM. Values x100.",
         pd.DataFrame(rows, columns=["net", "model", *fmt]),
+        fmt,
+    )
+
+
+# ------------------------------------------------------------------------------------------ (a') matched rate
+MATCHED_COLS = ("achieved_rate", "fg_recall", "part_recall", "body_recall", "context_fp", "bg_fp", "boundary_miou")
+
+
+def cam_matched(exp: Experiment) -> Table:
+    rows, bins = [], []
+    for net, d in exp.cam.items():
+        sec = d.get("matched_rate") or {}
+        for ring, r in (sec.get("rings") or {}).items():
+            path = exp.paths[f"cam_{net}"]
+            row = {"net": net, "model": net_label(net), "ring_px": ring, "fp_rate": num(sec, "rate", path)}
+            row.update({k: num(r, k, path) for k in MATCHED_COLS})
+            for b, v in (r.get("body_recall_by_distance") or {}).items():
+                col = f"body_recall_{b}px"
+                bins += [col] if col not in bins else []
+                row[col] = NAN if v is None else float(v)
+            rows.append(row)
+    fmt = {"fp_rate": "frac", **{k: "frac" for k in MATCHED_COLS}, **{b: "frac" for b in bins}}
+    return Table(
+        "cam_matched",
+        "CAM quality at a matched boundary false-positive rate (train split; rescaling-invariant)",
+        "For each ring of GT background at ring_px px from the objects, every net gets the threshold at which a "
+        "share fp_rate of the ring's pixels is claimed as foreground (achieved_rate: the share reached, ties "
+        "aside); at that threshold: recall of all object pixels (fg), of the discriminative part and of the body; "
+        "body recall by distance to the part; context_fp = share of background in the context fills claimed as "
+        "foreground; bg_fp = the same over all background; boundary_miou = mIoU within the trimap band of the GT "
+        "boundaries (see the CAM protocol). These depend on the CAM only through the order of its values, so a "
+        "monotone rescaling (CAM^gamma, ...) cannot move them (tests/test_cam_measures.py). Values x100.",
+        pd.DataFrame(rows, columns=["net", "model", "ring_px", *fmt]),
         fmt,
     )
 
@@ -117,7 +169,10 @@ def ablation(exp: Experiment) -> Table:
     def rw(n: str) -> float:
         return num(exp.rw[n], "miou", exp.paths[f"pseudo_{n}_rw"]) if n in exp.rw else NAN
 
-    ctrl_cam, ctrl_body, ctrl_pseudo = cam(CONTROL, "miou"), cam(CONTROL, "body_recall"), pseudo(CONTROL)
+    def inv(n: str, key: str) -> float:
+        return matched(exp.cam[n], key, exp.paths[f"cam_{n}"]) if n in exp.cam else NAN
+
+    ctrl_cam, ctrl_pseudo = cam(CONTROL, "miou"), pseudo(CONTROL)
     rows = []
     for n in order:
         rows.append(
@@ -126,8 +181,14 @@ def ablation(exp: Experiment) -> Table:
                 "model": net_label(n),
                 "cam_miou": cam(n, "miou"),
                 "delta_cam_miou": _sub(cam(n, "miou"), ctrl_cam),
-                "body_recall": cam(n, "body_recall"),
-                "delta_body_recall": _sub(cam(n, "body_recall"), ctrl_body),
+                **{
+                    col: v
+                    for key in ("body_recall", "context_fp", "boundary_miou")
+                    for col, v in (
+                        (f"matched_{key}", inv(n, key)),
+                        (f"delta_matched_{key}", _sub(inv(n, key), inv(CONTROL, key))),
+                    )
+                },
                 "pseudo_miou": pseudo(n),
                 "delta_pseudo_miou": _sub(pseudo(n), ctrl_pseudo),
                 "rw_miou": rw(n),
@@ -139,8 +200,12 @@ def ablation(exp: Experiment) -> Table:
         "model",
         "cam_miou",
         "delta_cam_miou",
-        "body_recall",
-        "delta_body_recall",
+        "matched_body_recall",
+        "delta_matched_body_recall",
+        "matched_context_fp",
+        "delta_matched_context_fp",
+        "matched_boundary_miou",
+        "delta_matched_boundary_miou",
         "pseudo_miou",
         "delta_pseudo_miou",
         "rw_miou",
@@ -150,7 +215,9 @@ def ablation(exp: Experiment) -> Table:
     return Table(
         "ablation",
         "Ablation (train split)",
-        f"CAM mIoU (best threshold), body recall and +CRF pseudo-label mIoU per model; delta = difference to the fair "
+        f"CAM mIoU (threshold-swept), then at a matched false-positive rate in the {first_ring(exp) or '-'} px ring "
+        "(rescaling-invariant, see the matched-rate table): body recall, context false positives and boundary mIoU; "
+        f"and +CRF pseudo-label mIoU per model; delta = difference to the fair "
         f"control '{net_label(CONTROL)}' (same backbone, schedule and data, without RCM/MAM), in points x100. "
         "Pseudo mIoU (+CRF) and RW mIoU (+affinity random walk) are shown only for models whose labels were made.",
         pd.DataFrame(rows, columns=cols),
@@ -315,6 +382,9 @@ def headline(exp: Experiment) -> Table:
     def cam(n: str, k: str) -> float:
         return num(exp.cam[n], k, exp.paths[f"cam_{n}"]) if n in exp.cam else NAN
 
+    def inv(n: str, k: str) -> float:
+        return matched(exp.cam[n], k, exp.paths[f"cam_{n}"]) if n in exp.cam else NAN
+
     final = exp.final_pseudo()
     pseudo_miou = num(final[1], "miou", exp.paths[final[2]]) if final else NAN
     seg = exp.seg.get("pseudo")
@@ -331,11 +401,11 @@ def headline(exp: Experiment) -> Table:
             cam(CONTROL, "miou"),
         ),
         (
-            "Body recall: full model vs fair control",
+            "Body recall at a matched boundary false-positive rate: full model vs fair control",
             net_label(FULL),
-            cam(FULL, "body_recall"),
+            inv(FULL, "body_recall"),
             net_label(CONTROL),
-            cam(CONTROL, "body_recall"),
+            inv(CONTROL, "body_recall"),
         ),
         ("Pseudo-label mIoU vs SupportNet CAM mIoU", plabel, pseudo_miou, "SupportNet CAM", cam("supportnet", "miou")),
         ("DeepLab val mIoU vs pseudo-label mIoU", "DeepLab (pseudo), no CRF", seg_miou, plabel, pseudo_miou),
@@ -444,10 +514,16 @@ def _quantities(exp: Experiment) -> list[tuple[str, str, float]]:
         path = exp.paths[f"cam_{n}"]
         part, body = num(d, "part_recall", path), num(d, "body_recall", path)
         out += [
-            ("CAM mIoU (train)", n, num(d, "miou", path)),
-            ("body recall (train)", n, body),
-            ("part - body recall gap (train)", n, _sub(part, body)),
+            ("CAM mIoU, threshold-swept (train)", n, num(d, "miou", path)),
+            ("body recall at the swept threshold (train)", n, body),
+            ("part - body recall gap at the swept threshold (train)", n, _sub(part, body)),
         ]
+        for ring in (d.get("matched_rate") or {}).get("rings") or {}:
+            out += [
+                (f"body recall, matched {ring} px ring rate (train)", n, matched(d, "body_recall", path, ring)),
+                (f"context FP, matched {ring} px ring rate (train)", n, matched(d, "context_fp", path, ring)),
+                (f"boundary mIoU, matched {ring} px ring rate (train)", n, matched(d, "boundary_miou", path, ring)),
+            ]
         if "context_bg_share" in d:  # synthetic data only: where the CAM's false positives go
             out += [
                 ("context bg claimed by the CAM (train)", n, num(d, "context_bg_share", path)),
@@ -526,8 +602,68 @@ def seed_spread(exps: list[Experiment]) -> Table:
     )
 
 
+ABLATION_MEASURES = (
+    ("body", "body recall, matched rate", "body_recall"),
+    ("context", "context FP, matched rate", "context_fp"),
+    ("boundary", "boundary mIoU, matched rate", "boundary_miou"),
+)
+
+
+def ablation_over_seeds(exps: list[Experiment]) -> Table:
+    """The ablation as paired differences to the fair control within each seed (mean ± sd over the seeds):
+    matched-rate body recall, context false positives and boundary mIoU (first ring), and +CRF pseudo-label
+    mIoU (calibrated per net on the calibration subset)."""
+
+    def per_seed(e: Experiment, n: str) -> dict[str, float]:
+        d = e.cam.get(n)
+        out = {k: matched(d, key, e.paths[f"cam_{n}"]) if d else NAN for k, _, key in ABLATION_MEASURES}
+        out["crf"] = num(e.pseudo[n], "miou", e.paths[f"pseudo_{n}_crf"]) if n in e.pseudo else NAN
+        return out
+
+    nets: list[str] = []
+    for e in exps:
+        nets += [n for n in e.cam if n not in nets]
+    order = [n for n in ABLATION_ORDER if n in nets] + [n for n in nets if n not in ABLATION_ORDER]
+    measures = [*(k for k, _, _ in ABLATION_MEASURES), "crf"]
+    rows = []
+    for n in order:
+        vals = [per_seed(e, n) for e in exps]
+        ctrl = [per_seed(e, CONTROL) for e in exps]
+        row = {"net": n, "model": net_label(n), "n_seeds": sum(not math.isnan(v["body"]) for v in vals)}
+        for m in measures:
+            row[m] = _stats([v[m] for v in vals])[0]
+            if n != CONTROL:
+                d_mean, d_sd, _ = _stats([_sub(v[m], c[m]) for v, c in zip(vals, ctrl)])
+                row[f"delta_{m}"], row[f"delta_{m}_sd"] = d_mean, d_sd
+        d, sd = row.get("delta_body", NAN), row.get("delta_body_sd", NAN)
+        row["body_gain_beyond_2sd"] = (
+            "—" if math.isnan(d) or math.isnan(sd) else ("yes" if d > 2 * sd and d > 0 else "no")
+        )
+        rows.append(row)
+    cols = ["net", "model", "n_seeds"]
+    fmt: dict[str, str] = {}
+    for m in measures:
+        cols += [m, f"delta_{m}", f"delta_{m}_sd"]
+        fmt.update({m: "frac", f"delta_{m}": "delta", f"delta_{m}_sd": "frac"})
+    cols.append("body_gain_beyond_2sd")
+    seeds = [e.seed for e in exps]
+    ring = next((first_ring(e) for e in exps if first_ring(e)), "-")
+    return Table(
+        "ablation_seeds",
+        "Ablation over seeds: paired differences to the fair control",
+        f"Seeds {seeds}. body / context / boundary = body recall, context false positives and boundary mIoU at a "
+        f"matched false-positive rate in the {ring} px ring (rescaling-invariant); crf = +CRF pseudo-label mIoU, "
+        "each net's CAM power and background calibrated on the calibration subset, scored on the other ids. "
+        f"delta = the difference to '{net_label(CONTROL)}' (same initialisation, schedule and steps) within each "
+        "seed, mean over the seeds, and its sd (n-1): a difference counts when it clearly exceeds its sd; "
+        "body_gain_beyond_2sd says whether the body-recall gain exceeds 2 sd. Values x100.",
+        pd.DataFrame(rows, columns=cols),
+        fmt,
+    )
+
+
 def build_tables(exp: Experiment) -> list[Table]:
-    tables = [headline(exp), cam_quality(exp), ablation(exp), pipeline(exp)]
+    tables = [headline(exp), cam_matched(exp), cam_quality(exp), ablation(exp), pipeline(exp)]
     if exp.ss:
         tables.append(single_stage(exp))
     return tables + [per_class(exp), published(exp), protocol(exp)]

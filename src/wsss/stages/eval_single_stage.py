@@ -15,7 +15,7 @@ from pathlib import Path
 
 from wsss import metrics as metrics_
 from wsss.data import voc
-from wsss.evaluation import per_class_dict, score_predictions, scores_with_crf
+from wsss.evaluation import held_out, per_class_dict, score_predictions, scores_with_crf
 from wsss.io import atomic_dir, read_image, read_label_png, write_json
 from wsss.methods.single_stage import SingleStageObjective
 from wsss.methods.single_stage_inference import ScoreRecorder, pamr_pseudo_label, predict
@@ -39,9 +39,18 @@ def _pseudo_one(
 
 
 def _pseudo_scores(
-    rec: ScoreRecorder, objective: SingleStageObjective, variant: str, data: Path, split: str, tcfg: dict, threads: int
+    rec: ScoreRecorder,
+    objective: SingleStageObjective,
+    variant: str,
+    data: Path,
+    split: str,
+    calibration_fraction: float,
+    tcfg: dict,
+    threads: int,
 ) -> dict:
     ids = voc.read_split(data, split)
+    # nothing is chosen here, but these numbers sit beside the two-stage ones: the same scored ids
+    calib, ids = held_out(ids, calibration_fraction, split)
     if tcfg["pseudo_eval"]["max_images"]:
         ids = ids[: tcfg["pseudo_eval"]["max_images"]]
     voc.check_ids(data, ids, need_masks=True, split=split)
@@ -57,6 +66,7 @@ def _pseudo_scores(
     return {
         "split": split,
         "images": len(ids),
+        "ids": f"the first {len(ids)} ids of {split} after its {len(calib)} calibration ids",
         "masks": {
             "protocol": "multi-scale + flip masks as on val, classes cut by the GT image labels (1-stage USE_GT_LABELS)",
             **scores_with_crf(res, res_crf),
@@ -96,7 +106,16 @@ def run(cfg, *, seed: int, variant: str, data: Path, ckpt: Path, metrics: Path, 
         if tcfg["pseudo_eval"]["enabled"]:
             objective = SingleStageObjective(net, variant, trained)
             objective.epoch = trained["warmup_epochs"]  # past the warm-up: the code path that makes the pseudo GT
-            pseudo = _pseudo_scores(rec, objective, variant, data, cfg["data"]["cam_split"], tcfg, threads)
+            pseudo = _pseudo_scores(
+                rec,
+                objective,
+                variant,
+                data,
+                cfg["data"]["cam_split"],
+                cfg["data"]["calibration_fraction"],
+                tcfg,
+                threads,
+            )
     write_json(
         metrics,
         {

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wsss.data import voc
-from wsss.evaluation import check_splits, pseudo_metrics, score_labels
+from wsss.evaluation import check_splits, held_out, held_out_protocol, pseudo_metrics, score_labels
 from wsss.io import atomic_dir, load_npz, read_image, write_json, write_label_png
 from wsss.models.affinity_net import load_affinity_net
 from wsss.refine.random_walk import walk_label
@@ -26,6 +26,7 @@ def run(
     model, aff_ckpt = load_affinity_net(ckpt)
     split, eval_split = cfg["data"]["train_split"], cfg["data"]["cam_split"]
     ids, eval_ids = check_splits(data, split, eval_split)
+    calib_ids, scored_ids = held_out(eval_ids, cfg["data"]["calibration_fraction"], eval_split)
     crf = cfg["refine"] if rw["crf"] else None
     with atomic_dir(pseudo) as tmp:
         for image_id in tqdm(ids, desc=f"random walk {net}", mininterval=5, disable=None):
@@ -34,7 +35,7 @@ def run(
                 model, read_image(voc.image_path(data, image_id)), z["cam"].astype(np.float32), z["keys"], rw, crf=crf
             )
             write_label_png(tmp / f"{image_id}.png", label)
-        res = score_labels(tmp, data, eval_ids)
+        res = score_labels(tmp, data, scored_ids)
     trained = aff_ckpt["config"]["random_walk"]  # how the affinity net was trained (its own stage's keys)
     walk = {k: trained[k] for k in ("label_source", "stride")}
     walk.update({k: rw[k] for k in rw})  # the walk's keys (the background key of its mode only)
@@ -57,8 +58,12 @@ def run(
             res,
             split=split,
             eval_split=eval_split,
-            n_eval=len(eval_ids),
-            protocol={"refinement": "affinity random walk", "random_walk": {k: walk[k] for k in keys if k in walk}},
+            n_eval=len(scored_ids),
+            protocol={
+                **held_out_protocol(eval_split, len(calib_ids), len(scored_ids)),
+                "refinement": "affinity random walk",
+                "random_walk": {k: walk[k] for k in keys if k in walk},
+            },
         ),
     )
     log.info("random-walk pseudo labels of %s: mIoU %.4f on %s", net, res["miou"], eval_split)

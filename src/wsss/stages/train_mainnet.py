@@ -1,4 +1,5 @@
-"""Stage train_mainnet: one MainNet variant (the RCM / MAM ablation; ``baseline`` is the fair control), trained
+"""Stage train_mainnet: one MainNet variant (the RCM / MAM ablation; ``baseline`` is the fair control, ``puzzle``
+the positive control), trained
 from the frozen SupportNet (:class:`wsss.methods.mainnet.MainNetObjective`). MainNet has SupportNet's architecture
 (the backbone config is read from SupportNet's checkpoint) and, with ``mainnet.init_from_supportnet``, its weights.
 """
@@ -11,7 +12,7 @@ import torch
 
 from wsss.data.voc import ClassificationDataset
 from wsss.engine import distributed as dist
-from wsss.engine.trainer import DTYPES, seed_everything, train
+from wsss.engine.trainer import DTYPES, EpochAware, seed_everything, train
 from wsss.evaluation import classifier_metrics, periodic_map
 from wsss.io import write_json
 from wsss.methods.mainnet import MainNetObjective
@@ -42,17 +43,19 @@ def run(
         p.requires_grad_(False)
     if section["init_from_supportnet"]:
         net.load_state_dict(frozen.state_dict())
-    objective = MainNetObjective(net, frozen, variant, section)
+    ds = ClassificationDataset(data, cfg["data"]["train_split"], crop=tcfg["crop"], train=True, seed=seed)
+    objective = MainNetObjective(
+        net, frozen, variant, section, steps_per_epoch=len(ds) // tcfg["batch_size"], epochs=tcfg["epochs"]
+    )
     dtype = DTYPES[tcfg["dtype"]]
     if objective.memory is not None:
         objective.memory.to(dist.device(), dtype=dtype)
     frozen.to(dist.device(), dtype=dtype)  # train() moves MainNet there
     if tcfg["channels_last"]:
         frozen.to(memory_format=torch.channels_last)
-    ds = ClassificationDataset(data, cfg["data"]["train_split"], crop=tcfg["crop"], train=True, seed=seed)
     history = train(
         net,
-        ds,
+        EpochAware(ds, seed, objective),
         tcfg,
         seed=seed,
         state_path=state,

@@ -7,9 +7,9 @@ import logging
 from pathlib import Path
 
 from wsss.data.voc import ClassificationDataset
-from wsss.engine.trainer import seed_everything, train
+from wsss.engine.trainer import EpochAware, seed_everything, train
 from wsss.io import WsssInputError, write_json
-from wsss.methods.single_stage import EpochAware, SingleStageObjective
+from wsss.methods.single_stage import SingleStageObjective
 from wsss.models.backbones import init_from_supportnet
 from wsss.models.single_stage import single_stage_from_config
 
