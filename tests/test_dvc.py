@@ -83,7 +83,7 @@ def test_dvc_records_the_run_and_compares_experiments(tmp_path, smoke_run):
         cwd=work,
         timeout=1200,
     )
-    nets = ["supportnet", "mainnet_baseline", "mainnet_rcm", "mainnet_mam", "mainnet_rcm_mam", "mainnet_puzzle"]
+    nets = ["supportnet", "mainnet_baseline", "mainnet_rcm_mam", "mainnet_puzzle"]
     assert set(re.findall(r"Running stage '([\w]+)'", p.stdout + p.stderr)) == {
         "config",
         "report",

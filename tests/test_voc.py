@@ -13,20 +13,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from wsss import config
+from wsss.data import datasets
 from wsss.data import synthetic as syn
-from wsss.data import voc
-from wsss.data.voc import (
-    VOC_CLASSES,
-    ClassificationDataset,
-    ImageDataset,
-    SegmentationDataset,
-    check_ids,
-    denormalize,
-    labels_from_mask,
-    load_labels,
-    normalize,
-    read_split,
-)
+from wsss.data.datasets import ClassificationDataset, ImageDataset, SegmentationDataset, denormalize, normalize
+from wsss.data.voc import VOC_CLASSES, check_ids, labels_from_mask, load_labels, read_split
 from wsss.io import WsssInputError, read_label_png, write_jpeg, write_label_png
 
 
@@ -82,7 +72,7 @@ def test_normalize_roundtrip():
     assert t.shape == (3, 7, 9) and t.dtype == torch.float32
     assert np.array_equal(denormalize(t), img)
     assert np.array_equal(denormalize(t[None])[0], img)
-    mean = np.array(voc.IMAGENET_MEAN) * 255
+    mean = np.array(datasets.IMAGENET_MEAN) * 255
     assert torch.allclose(normalize(np.broadcast_to(mean, (2, 2, 3))), torch.zeros(3, 2, 2), atol=1e-5)
 
 
@@ -202,7 +192,7 @@ def test_flip_and_pad_are_joint(tmp_path: Path):
         lab, red = item["label"].numpy(), denormalize(item["image"])[..., 0].astype(int)
         pad = lab == 255
         assert pad.sum() == 40 * 40 - 20 * 30
-        assert (np.abs(denormalize(item["image"])[pad].astype(int) - np.array(voc.IMAGENET_MEAN) * 255) < 2).all()
+        assert (np.abs(denormalize(item["image"])[pad].astype(int) - np.array(datasets.IMAGENET_MEAN) * 255) < 2).all()
         assert (red[lab == 1] > 180).all() and (red[lab == 0] < 100).all()  # JPEG blurs the edge a little
         cols = np.nonzero((lab == 1).any(axis=0))[0]
         flips.add(bool(cols.min() > 0) if cols.size else None)

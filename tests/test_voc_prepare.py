@@ -22,8 +22,9 @@ from test_download import (
 )
 
 from wsss.data import download as dl
+from wsss.data.datasets import ClassificationDataset
 from wsss.data.sbd import convert_sbd, load_sbd_mask, read_sbd_split
-from wsss.data.voc import ClassificationDataset, load_labels, read_split
+from wsss.data.voc import load_labels, read_split
 from wsss.data.voc_prepare import EXPECTED_COUNTS, from_existing, prepare_voc, read_xml_classes
 from wsss.io import WsssInputError, read_label_png
 

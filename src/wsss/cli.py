@@ -130,7 +130,6 @@ def run_stage(stage: registry.Stage, args) -> None:
     if stage.per_seed and "seed" not in wildcards and args.params:
         raise WsssInputError("--seed is required with --params (the slice does not know the run's seeds)")
     view = _slice(stage, args, wildcards)
-    args.threads = _threads(args.threads)
     kwargs: dict = dict(wildcards)
     for name, f in stage.inputs.items():
         if isinstance(f, registry.File):
@@ -139,9 +138,13 @@ def run_stage(stage: registry.Stage, args) -> None:
     kwargs.update({name: Path(getattr(args, name)) for name in (*stage.outputs, *stage.scratch)})
     kwargs.update({name: getattr(args, name) for name in stage.values})
     module = importlib.import_module(stage.module)
-    from wsss.engine import distributed
+    if "torch" in sys.modules:  # the stage runs a network: torch's threads, and the process group under torchrun
+        args.threads = _threads(args.threads)
+        from wsss.engine import distributed
 
-    distributed.init()  # under torchrun: join the process group (a no-op for one process)
+        distributed.init()  # a no-op for one process
+    else:  # a stage that only reads and scores files (CAM evaluation, CRF, data): no torch start-up (~2 s)
+        args.threads = args.threads if args.threads > 0 else (os.cpu_count() or 1)
     module.run(view, threads=args.threads, **kwargs)
     unread = view.unread()
     if unread:

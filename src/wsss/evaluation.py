@@ -2,7 +2,8 @@
 (multi-scale + flip softmax, with and without CRF), pseudo-label folders, and the score keys of the metric files.
 
 The confusion matrix, mIoU and the threshold sweep themselves are in :mod:`wsss.metrics`; this module runs them
-over a split's files.
+over a split's files. torch is imported only by the two functions that run a network, so that the stages that
+only score files run without it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from wsss import metrics
 from wsss.data import voc
@@ -34,25 +33,40 @@ def scores_with_crf(res: dict, res_crf: dict) -> dict:
     }
 
 
-@torch.no_grad()
 def classifier_map(net, data_root: Path, split: str) -> float:
     """Mean average precision of a CAM classifier (``net(x)["logits"]``) on the full images of ``split``."""
+    import torch
+
+    from wsss.data.datasets import ClassificationDataset
+
     net.eval()
     p = next(net.parameters())
-    ds = voc.ClassificationDataset(data_root, split, crop=0, train=False)
+    ds = ClassificationDataset(data_root, split, crop=0, train=False)
     scores, labels = [], []
-    for i in range(len(ds)):
-        item = ds[i]
-        scores.append(net(item["image"][None].to(p.device, p.dtype))["logits"][0].float().cpu().numpy())
-        labels.append(item["label"].numpy())
+    with torch.no_grad():
+        for i in range(len(ds)):
+            item = ds[i]
+            scores.append(net(item["image"][None].to(p.device, p.dtype))["logits"][0].float().cpu().numpy())
+            labels.append(item["label"].numpy())
     return float(metrics.average_precision(np.stack(scores), np.stack(labels))[0])
 
 
-@torch.no_grad()
 def predict_probs(net, img: np.ndarray, scales: Sequence[float], flip: bool) -> np.ndarray:
     """Softmax [C,H,W] of ``net(x)`` (logits at the input size) averaged over scales (and flips) for one uint8
     HxWx3 image."""
-    x = voc.normalize(img)[None]
+    import torch
+
+    with torch.no_grad():
+        return _predict_probs(net, img, scales, flip)
+
+
+def _predict_probs(net, img: np.ndarray, scales: Sequence[float], flip: bool) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    from wsss.data.datasets import normalize
+
+    x = normalize(img)[None]
     h, w = img.shape[:2]
     acc, n = None, 0
     for s in scales:

@@ -29,6 +29,15 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def launched_rank() -> int:
+    """This process's rank under torchrun (its ``RANK`` variable), 0 otherwise; for the stages that run without
+    torch and must still leave the work to rank 0 when launched on several processes."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def _init_worker(fn: Callable[[Any], Any]) -> None:
     global _WORKER_FN
     _WORKER_FN = fn

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.data import voc
+from wsss.data.datasets import normalize
 from wsss.evaluation import predict_probs
 from wsss.losses.single_stage import class_scores
 from wsss.methods.single_stage import SingleStageObjective
@@ -64,7 +64,7 @@ def pamr_pseudo_label(
     net: nn.Module, objective: SingleStageObjective, img: np.ndarray, labels: np.ndarray
 ) -> np.ndarray:
     """The training-time pseudo GT of one full image (single scale), nearest-upsampled to the image size."""
-    x = voc.normalize(img)[None]
+    x = normalize(img)[None]
     logits = net(x)["logits"]
     pgt, _ = objective.pseudo_labels(x, logits, torch.as_tensor(labels, dtype=torch.float32)[None])
     pgt = F.interpolate(pgt[:, None].float(), size=img.shape[:2], mode="nearest")[0, 0]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsss.data import voc
+from wsss.data.datasets import normalize
 
 from .affinity import neighbour_offsets, pairwise_affinity, shift_valid_mask, shifted
 from .crf import dense_crf
@@ -227,7 +227,7 @@ def walk_label(net, image: np.ndarray, cam: np.ndarray, keys: np.ndarray, rw, cr
     where its posterior is below ``ignore_confidence``.
     """
     h, w = image.shape[:2]
-    x = voc.normalize(image)[None]
+    x = normalize(image)[None]
     if rw["image_scale"] != 1.0:
         x = F.interpolate(x, scale_factor=rw["image_scale"], mode="bilinear", align_corners=False)
     offsets = neighbour_offsets(rw["radius"])

@@ -22,13 +22,13 @@ from tqdm import tqdm
 from wsss import cam_measures
 from wsss import metrics as metrics_
 from wsss.data import voc
-from wsss.engine import distributed as dist
 from wsss.evaluation import bias_probes, check_same_size, context_rows, held_out, held_out_protocol, per_class_dict
 from wsss.io import load_npz, read_label_png, write_json
+from wsss.parallel import launched_rank
 
 
 def run(cfg, *, seed: int, net: str, data: Path, cams: Path, metrics: Path, curve: Path, threads: int = 1) -> None:
-    if not dist.is_main():  # CPU-bound and cheap: under torchrun rank 0 alone evaluates, the others exit
+    if launched_rank() != 0:  # CPU-bound and cheap: under torchrun rank 0 alone evaluates, the others exit
         return
     ccfg, split = cfg["cams"], cfg["data"]["cam_split"]
     calib_ids, scored_ids = held_out(voc.read_split(data, split), cfg["data"]["calibration_fraction"], split)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from wsss import metrics as metrics_
 from wsss.data import voc
+from wsss.data.datasets import multi_hot
 from wsss.evaluation import held_out, per_class_dict, score_predictions, scores_with_crf
 from wsss.io import atomic_dir, read_image, read_label_png, write_json
 from wsss.methods.single_stage import SingleStageObjective
@@ -33,7 +34,7 @@ def _pseudo_one(
     image_id: str, *, rec: ScoreRecorder, objective: SingleStageObjective, data: Path, tcfg: dict, labels: dict
 ):
     img = read_image(voc.image_path(data, image_id))
-    y = voc.multi_hot(labels[image_id]).numpy()
+    y = multi_hot(labels[image_id]).numpy()
     pred, pred_crf = predict(rec, img, tcfg, labels=y)
     return image_id, pred, pred_crf, pamr_pseudo_label(rec.net, objective, img, y)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from wsss.data.voc import ImageDataset
+from wsss.data.datasets import ImageDataset
 from wsss.engine import distributed as dist
 from wsss.io import atomic_dir, save_npz
 from wsss.models.cam_net import image_cam, load_cam_net

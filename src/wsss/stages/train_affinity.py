@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from wsss.data.voc import SegmentationDataset
+from wsss.data.datasets import SegmentationDataset
 from wsss.engine import distributed as dist
 from wsss.engine.trainer import seed_everything, train
 from wsss.io import WsssInputError, write_json

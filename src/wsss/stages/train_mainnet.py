@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from wsss.data.voc import ClassificationDataset
+from wsss.data.datasets import ClassificationDataset
 from wsss.engine import distributed as dist
 from wsss.engine.trainer import DTYPES, EpochAware, seed_everything, train
 from wsss.evaluation import classifier_metrics, periodic_map

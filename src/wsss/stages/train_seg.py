@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from wsss.data import voc
-from wsss.data.voc import SegmentationDataset
+from wsss.data.datasets import SegmentationDataset
 from wsss.engine import distributed as dist
 from wsss.engine.trainer import seed_everything, train
 from wsss.io import read_label_png, write_json

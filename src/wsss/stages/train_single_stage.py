@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from wsss.data.voc import ClassificationDataset
+from wsss.data.datasets import ClassificationDataset
 from wsss.engine.trainer import EpochAware, seed_everything, train
 from wsss.io import WsssInputError, write_json
 from wsss.methods.single_stage import SingleStageObjective

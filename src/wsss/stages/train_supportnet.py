@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wsss.data.voc import ClassificationDataset
+from wsss.data.datasets import ClassificationDataset
 from wsss.engine import distributed as dist
 from wsss.engine.trainer import seed_everything, train
 from wsss.evaluation import classifier_metrics, periodic_map
