@@ -158,13 +158,17 @@ def score_labels(folder: Path, data_root: Path, eval_ids: list[str]) -> dict:
     return cm.compute()
 
 
-def pseudo_metrics(net_name: str, res: dict, *, split: str, eval_split: str, n_eval: int, protocol: dict) -> dict:
-    """The metric file of a pseudo-label stage (CRF or random walk)."""
+def pseudo_metrics(
+    net_name: str, res: dict, *, split: str, eval_split: str, n_calibration: int, n_eval: int, protocol: dict
+) -> dict:
+    """The metric file of a pseudo-label stage (CRF or random walk): ``res`` scored on the ``n_eval`` ids of
+    ``eval_split`` after its ``n_calibration`` calibration ids."""
     return {
         "net": net_name,
         "protocol": {
             "split": eval_split,
             "images": n_eval,
+            **held_out_protocol(eval_split, n_calibration, n_eval),
             "labelled_split": split,
             **protocol,
             "pseudo_label_255": "skipped (pixels the pseudo label ignores are not scored)",

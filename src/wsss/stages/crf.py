@@ -15,7 +15,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from wsss.evaluation import check_splits, held_out, held_out_protocol, pseudo_metrics, score_labels
+from wsss.evaluation import check_splits, held_out, pseudo_metrics, score_labels
 from wsss.io import atomic_dir, write_json, write_label_png
 from wsss.parallel import imap_ordered
 from wsss.refine.calibration import crf_sweep, from_cam_threshold, label_image
@@ -68,9 +68,9 @@ def run(
             res,
             split=split,
             eval_split=eval_split,
+            n_calibration=len(calib_ids),
             n_eval=len(scored_ids),
             protocol={
-                **held_out_protocol(eval_split, len(calib_ids), len(scored_ids)),
                 "refinement": "dense CRF",
                 "cam_power": gamma,
                 "background": background,

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wsss.data import voc
-from wsss.evaluation import check_splits, held_out, held_out_protocol, pseudo_metrics, score_labels
+from wsss.evaluation import check_splits, held_out, pseudo_metrics, score_labels
 from wsss.io import atomic_dir, load_npz, read_image, write_json, write_label_png
 from wsss.models.affinity_net import load_affinity_net
 from wsss.refine.random_walk import walk_label
@@ -58,9 +58,9 @@ def run(
             res,
             split=split,
             eval_split=eval_split,
+            n_calibration=len(calib_ids),
             n_eval=len(scored_ids),
             protocol={
-                **held_out_protocol(eval_split, len(calib_ids), len(scored_ids)),
                 "refinement": "affinity random walk",
                 "random_walk": {k: walk[k] for k in keys if k in walk},
             },
