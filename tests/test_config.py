@@ -47,7 +47,7 @@ def test_every_object_rejects_unknown_keys():
         config.validate({"data": {"voc": {"urls": {"voc2013": ["http://x"]}}}})
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "voc12.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "voc12.yaml", "ablation.yaml", "pilot-v2.yaml"])
 def test_shipped_configs_are_valid(name):
     cfg = config.load(REPO / "config" / name)
     assert cfg["mainnet"]["final_variant"] in cfg["mainnet"]["variants"]
