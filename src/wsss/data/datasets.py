@@ -140,6 +140,13 @@ def _chw(x: np.ndarray) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------- datasets
 
 
+def _labelled_ids(root: PathLike, split: str) -> tuple[list[str], dict[str, list[int]]]:
+    """The ids of ``split`` (their images checked) and their image-level labels."""
+    ids = read_split(root, split)
+    check_ids(root, ids, need_masks=False, split=split)
+    return ids, image_labels(root, ids)
+
+
 class ClassificationDataset(Dataset):
     """Image + multi-hot label (float [20]) + id, for CAM classifiers.
 
@@ -159,9 +166,7 @@ class ClassificationDataset(Dataset):
     ):
         self.root, self.crop, self.train, self.seed = Path(root), int(crop), bool(train), int(seed)
         self.scale_range, self.jitter = tuple(scale_range), float(jitter)
-        self.ids = read_split(root, split)
-        check_ids(root, self.ids, need_masks=False, split=split)
-        self.labels = image_labels(root, self.ids)
+        self.ids, self.labels = _labelled_ids(root, split)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -227,9 +232,7 @@ class ImageDataset(Dataset):
 
     def __init__(self, root: PathLike, split: str):
         self.root = Path(root)
-        self.ids = read_split(root, split)
-        check_ids(root, self.ids, need_masks=False, split=split)
-        self.labels = image_labels(root, self.ids)
+        self.ids, self.labels = _labelled_ids(root, split)
 
     def __len__(self) -> int:
         return len(self.ids)
