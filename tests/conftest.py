@@ -21,7 +21,6 @@ def env_with_venv() -> dict:
     """Environment whose PATH finds the venv's `wsss`, `snakemake` and `dvc` first."""
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("WSSS_SCHEMA", str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
     return env
 
 
@@ -35,6 +34,26 @@ def copy_workflow(dst: Path) -> Path:
         shutil.copytree(REPO / d, dst / d)
     shutil.copytree(REPO / "src", dst / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     return dst
+
+
+def tiny_cams(work: Path, cfg: dict) -> dict:
+    """Under ``work``: a tiny synthetic dataset of ``cfg`` (a config dict), its config file, a SupportNet
+    checkpoint and that net's CAMs, all made by the real CLI; ``{"work", "root", "cfg", "ck", "cams"}``."""
+    import yaml
+
+    from wsss import cli, config
+    from wsss.data import synthetic
+
+    root, ck, cams = work / "VOC2012", work / "models" / "checkpoint.pt", work / "cams"
+    synthetic.generate(root, config.validate(cfg)["data"]["synthetic"])
+    path = work / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    common = ["--config", str(path), "--threads", "1", "--data", str(root)]
+    out = {"metrics": work / "m.json", "plot": work / "p.json", "state": work / "state.pt"}
+    train = ["train_supportnet", *common, "--ckpt", str(ck), *(a for k, v in out.items() for a in (f"--{k}", str(v)))]
+    assert cli.main(train) == 0
+    assert cli.main(["extract_cams", *common, "--net", "supportnet", "--ckpt", str(ck), "--cams", str(cams)]) == 0
+    return {"work": work, "root": root, "cfg": path, "ck": ck, "cams": cams}
 
 
 def run(cmd, cwd, check=True, timeout=900) -> subprocess.CompletedProcess:

@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import BIN, copy_workflow, run
+from conftest import BIN, copy_workflow, run, tiny_cams
 from PIL import Image
 
-from wsss import cli, config
-from wsss.data import synthetic
+from wsss import cli
 
 TINY = {
     "name": "tiny",
@@ -48,55 +47,7 @@ def tmp_leftovers(*folders: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A tiny dataset, its config file, a SupportNet checkpoint and its CAMs (all made by the real CLI)."""
-    work = tmp_path_factory.mktemp("bad_input")
-    root = work / "VOC2012"
-    synthetic.generate(root, config.validate(TINY)["data"]["synthetic"])
-    cfg = write_cfg(work / "tiny.yaml", TINY)
-    ck = work / "models" / "checkpoint.pt"
-    assert (
-        cli.main(
-            [
-                "train_supportnet",
-                "--config",
-                str(cfg),
-                "--threads",
-                "1",
-                "--data",
-                str(root),
-                "--ckpt",
-                str(ck),
-                "--metrics",
-                str(work / "m.json"),
-                "--plot",
-                str(work / "p.json"),
-                "--state",
-                str(work / "state.pt"),
-            ]
-        )
-        == 0
-    )
-    cams = work / "cams"
-    assert (
-        cli.main(
-            [
-                "extract_cams",
-                "--config",
-                str(cfg),
-                "--threads",
-                "1",
-                "--net",
-                "supportnet",
-                "--ckpt",
-                str(ck),
-                "--data",
-                str(root),
-                "--cams",
-                str(cams),
-            ]
-        )
-        == 0
-    )
-    return {"work": work, "root": root, "cfg": cfg, "ck": ck, "cams": cams}
+    return tiny_cams(tmp_path_factory.mktemp("bad_input"), TINY)
 
 
 @pytest.fixture

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import BIN, REPO, copy_workflow, run
+from conftest import BIN, REPO, copy_workflow, run, tiny_cams
 from PIL import Image
 
-from wsss import cli, config
-from wsss.data import synthetic
+from wsss import cli
 from wsss.engine import checkpoint
 
 TINY = {
@@ -57,51 +56,7 @@ def wsss(args, capsys) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny dataset, its config, a SupportNet checkpoint and its CAMs (made by the real CLI)."""
-    work = tmp_path_factory.mktemp("faults")
-    root = work / "VOC2012"
-    synthetic.generate(root, config.validate(TINY)["data"]["synthetic"])
-    cfg = _cfg(work / "tiny.yaml")
-    ck = work / "supportnet.pt"
-    assert (
-        cli.main(
-            [
-                "train_supportnet",
-                "--config",
-                str(cfg),
-                "--data",
-                str(root),
-                "--ckpt",
-                str(ck),
-                "--metrics",
-                str(work / "m.json"),
-                "--plot",
-                str(work / "p.json"),
-                "--state",
-                str(work / "state.pt"),
-            ]
-        )
-        == 0
-    )
-    cams = work / "cams"
-    assert (
-        cli.main(
-            [
-                "extract_cams",
-                "--config",
-                str(cfg),
-                "--net",
-                "supportnet",
-                "--ckpt",
-                str(ck),
-                "--data",
-                str(root),
-                "--cams",
-                str(cams),
-            ]
-        )
-        == 0
-    )
-    return {"work": work, "root": root, "cfg": cfg, "ck": ck, "cams": cams}
+    return tiny_cams(tmp_path_factory.mktemp("faults"), TINY)
 
 
 def _train(cfg, root, out: Path, capsys, *extra) -> tuple[int, str]:

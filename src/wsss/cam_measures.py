@@ -109,8 +109,8 @@ class _Counts:
     ctx_n: int = 0
     bg_fp: int = 0
     bg_n: int = 0
-    dist_hit: np.ndarray = field(default=None)  # type: ignore[assignment]
-    dist_n: np.ndarray = field(default=None)  # type: ignore[assignment]
+    dist_hit: np.ndarray = field(init=False)
+    dist_n: np.ndarray = field(init=False)
     trimap: ConfusionMatrix = field(default_factory=lambda: ConfusionMatrix(pred_ignore="skip"))
 
     def __post_init__(self) -> None:

@@ -625,10 +625,10 @@ def ablation_over_seeds(exps: list[Experiment]) -> Table:
         nets += [n for n in e.cam if n not in nets]
     order = [n for n in ABLATION_ORDER if n in nets] + [n for n in nets if n not in ABLATION_ORDER]
     measures = [*(k for k, _, _ in ABLATION_MEASURES), "crf"]
+    ctrl = [per_seed(e, CONTROL) for e in exps]
     rows = []
     for n in order:
         vals = [per_seed(e, n) for e in exps]
-        ctrl = [per_seed(e, CONTROL) for e in exps]
         row = {"net": n, "model": net_label(n), "n_seeds": sum(not math.isnan(v["body"]) for v in vals)}
         for m in measures:
             row[m] = _stats([v[m] for v in vals])[0]
