@@ -179,3 +179,21 @@ def test_seeds_and_run_seed():
         config.run_seed(cfg, 4, source="c.yaml")
     with pytest.raises(WsssInputError, match="seeds"):
         config.validate({"seeds": [1, 1]})
+
+
+def test_the_schema_names_exactly_the_mainnet_variants_the_code_trains():
+    """variants, final_variant and the net patterns of crf_nets / random_walk.nets list MAINNET_VARIANTS."""
+    from wsss.variants import MAINNET_VARIANTS
+
+    props = config.load_schema()["properties"]
+    main, refine = props["mainnet"]["properties"], props["refine"]["properties"]
+    assert set(main["variants"]["items"]["enum"]) == set(MAINNET_VARIANTS)
+    assert set(main["final_variant"]["enum"]) == set(MAINNET_VARIANTS)
+    for pattern in (
+        refine["crf_nets"]["items"]["pattern"],
+        refine["random_walk"]["properties"]["nets"]["items"]["pattern"],
+    ):
+        inner = pattern.split("mainnet_(")[1].split(")")[0]
+        assert set(inner.split("|")) == set(MAINNET_VARIANTS), pattern
+        # and every mechanism of a variant is a section of the mainnet config
+    assert {m for ms in MAINNET_VARIANTS.values() for m in ms} <= set(main)

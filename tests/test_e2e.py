@@ -99,6 +99,11 @@ def test_every_output_and_metric(smoke_run):
     # the affinity random walk on the final MainNet, and DeepLab trained on its labels (smoke: pseudo_labels rw)
     rw = _json(exp / "metrics/pseudo_mainnet_rcm_mam_rw.json")
     assert rw["protocol"]["refinement"] == "affinity random walk"
+    # smoke: refine.random_walk.calibration_values 0.15, 0.25, 0.35 on the calibration images; the best is walked
+    cal = rw["protocol"]["background_calibration"]
+    assert [r["bg_score"] for r in cal["curve"]] == [0.15, 0.25, 0.35] and cal["images"] == N_CALIB
+    best = max(cal["curve"], key=lambda r: r["miou"])
+    assert cal["chosen"] == {"bg_score": best["bg_score"]} == {"bg_score": rw["protocol"]["random_walk"]["bg_score"]}
     assert rw["miou"] == pytest.approx(_rescored(exp / "pseudo/mainnet_rcm_mam_rw", root / "data/VOC2012", "train"))
     rw_pngs = sorted((exp / "pseudo/mainnet_rcm_mam_rw").glob("*.png"))
     assert len(rw_pngs) == len(ids)

@@ -154,3 +154,74 @@ def test_stage_walk_spreads_a_cam_within_its_affinity_region_only():
     label_crf = image_label(TwoRegions(), image, cam, np.array([7]), rw, crf=refine)
     assert (label_crf[:, :28] == 7).mean() > 0.9
     assert (label_crf[:, 36:] == 0).all()
+
+
+class _Halves(torch.nn.Module):
+    """An affinity 'network' whose embedding splits every 64x64 image into a left and a right half."""
+
+    def forward(self, x):
+        emb = torch.zeros(1, 4, 8, 8)
+        emb[:, :, :, 4:] = 5.0
+        return emb
+
+
+_RW = {"image_scale": 1.0, "radius": 3, "beta": 8.0, "n_steps": 64, "bg_score": 0.25, "bg_power": 16.0}
+
+
+@pytest.mark.parametrize("mode,key,values", [("irn", "bg_score", [0.1, 0.3, 0.9]), ("psa", "bg_power", [2.0, 16.0])])
+def test_one_walk_serves_every_background_value(mode, key, values):
+    """walked_scores with a grid of background values equals one walk per value (the walk is linear per plane)."""
+    from wsss.refine.random_walk import walked_scores
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    cam = rng.random((2, 64, 64)).astype(np.float32)
+    rw = dict(_RW, bg_mode=mode)
+    grid = walked_scores(_Halves(), image, cam, np.array([3, 9]), rw, values)
+    assert len(grid) == len(values)
+    for v, scores in zip(values, grid):
+        one = walked_scores(_Halves(), image, cam, np.array([3, 9]), dict(rw, **{key: v}))[0]
+        assert scores.shape == (3, 64, 64) and np.allclose(scores, one, atol=1e-6)
+    assert not np.allclose(grid[0][0], grid[-1][0])  # the background plane does change with the value
+
+
+def test_walk_sweep_chooses_the_best_background_on_the_calibration_ids_only(tmp_path, caplog):
+    from wsss.io import write_jpeg, write_label_png
+    from wsss.refine.random_walk import walk_label, walk_sweep
+
+    root, cams = tmp_path / "VOC2012", tmp_path / "cams"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    cams.mkdir()
+    for i in range(3):
+        write_jpeg(root / "JPEGImages" / f"c{i}.jpg", np.full((64, 64, 3), 128, np.uint8))
+        gt = np.zeros((64, 64), np.uint8)
+        gt[:, :32] = 7  # the left half is the object, the right half background
+        write_label_png(root / "SegmentationClass" / f"c{i}.png", gt)
+        cam = np.zeros((1, 64, 64), np.float32)
+        cam[0, 24:40, 8:24] = 1.0
+        np.savez(cams / f"c{i}.npz", cam=cam, keys=np.array([7]))
+    rw = dict(_RW, bg_mode="irn", calibration_values=[0.999, 0.25, 0.5])
+    # "scored" has no files: reading any id beyond the first n_images calibration ids would fail
+    chosen, record = walk_sweep(
+        _Halves(), rw, ["c0", "c1", "scored"], cams_dir=cams, data_root=root, n_images=2, net_name="net"
+    )
+    curve = {r["bg_score"]: r["miou"] for r in record["curve"]}
+    assert list(curve) == [0.999, 0.25, 0.5] and record["images"] == 2
+    assert curve[0.25] > curve[0.999]  # a background of 0.999 beats the walked object almost everywhere
+    assert chosen["bg_score"] == record["chosen"]["bg_score"] == max(curve, key=curve.get)
+    assert chosen["bg_score"] == 0.5 and record["at_edge"] == [] and "edge" not in caplog.text  # inside the grid
+    _, edge = walk_sweep(
+        _Halves(),
+        dict(rw, calibration_values=[0.25, 0.5]),
+        ["c0"],
+        cams_dir=cams,
+        data_root=root,
+        n_images=1,
+        net_name="net",
+    )
+    assert (
+        edge["at_edge"] == ["bg_score high"] and "at the edge of refine.random_walk.calibration_values" in caplog.text
+    )
+    label = walk_label(_Halves(), np.full((64, 64, 3), 128, np.uint8), np.load(cams / "c0.npz")["cam"], [7], chosen)
+    assert (label[:, :28] == 7).mean() > 0.95 and (label[:, 36:] == 0).all()

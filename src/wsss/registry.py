@@ -164,6 +164,9 @@ def _walk_keys(cfg: dict, wc: dict) -> list[str]:
         f"refine.random_walk.{k}" for k in ("radius", "beta", "n_steps", "bg_mode", "image_scale", "crf")
     ]
     keys.append("refine.random_walk.bg_power" if rw["bg_mode"] == "psa" else "refine.random_walk.bg_score")
+    keys.append("refine.random_walk.calibration_values")
+    if rw["calibration_values"]:
+        keys.append("refine.calibration_images")
     if rw["crf"]:
         keys += ["refine.crf", "refine.ignore_confidence"]
     return keys

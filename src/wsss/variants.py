@@ -2,13 +2,15 @@
 trains. Torch-free: the registry, the Snakemake rules, the training objectives and the report all read it."""
 
 # MainNet (pixel-level self-supervision): name -> the mechanisms it adds to the classification loss; "baseline" is
-# the fair control, "puzzle" the positive control (Puzzle-CAM's puzzle module, a published CAM-expansion method)
+# the fair control, "puzzle" and "hide_and_seek" the positive controls (Puzzle-CAM's puzzle module, Hide-and-Seek:
+# published CAM-expansion methods)
 MAINNET_VARIANTS = {
     "baseline": (),
     "rcm": ("rcm",),
     "mam": ("mam",),
     "rcm_mam": ("rcm", "mam"),
     "puzzle": ("puzzle",),
+    "hide_and_seek": ("hide_and_seek",),
 }
 
 # the single-stage model (AA&LR): name -> (adaptive affinity, label reassign)

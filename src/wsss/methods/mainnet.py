@@ -1,9 +1,9 @@
 """MainNet's objective: classification, plus RCM and MAM from a frozen SupportNet (pixel-level self-supervision),
-or Puzzle-CAM's puzzle module (the positive control).
+or one of the positive controls (Puzzle-CAM's puzzle module, Hide-and-Seek).
 
 MainNet step (the variant's mechanisms, :data:`wsss.variants.MAINNET_VARIANTS`)::
 
-    L = L_cls(MainNet(x), y)
+    L = L_cls(MainNet(x), y)            ([hide_and_seek]: x -> x with random patches hidden, wsss.data.hide_and_seek)
       + [rcm] w_rcm * L_rcm(MainNet pixel embeddings, regions and prototypes from frozen SupportNet)
       + [mam] w_mam * L_mam(MainNet CAMs at scales S, fused SupportNet CAMs at scales S)
       + [puzzle] L_p-cls(GAP(merged tile CAMs), y) + alpha(t) * L_re(CAM, merged tile CAMs)   (wsss.losses.puzzle)
@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from wsss.data import hide_and_seek
 from wsss.engine import distributed as dist
 from wsss.losses import classification, mam, puzzle, rcm
 from wsss.models.cam_net import CAMNet, cams_at_scales, normalize_cam
@@ -40,6 +41,7 @@ class MainNetObjective:
         *,
         steps_per_epoch: int = 1,
         epochs: int = 1,
+        seed: int = 0,
     ):
         if variant not in MAINNET_VARIANTS:
             raise ValueError(f"unknown MainNet variant {variant!r}; choose from {list(MAINNET_VARIANTS)}")
@@ -49,13 +51,18 @@ class MainNetObjective:
         self.rcm_cfg = mcfg["rcm"] if self.use_rcm else None
         self.mam_cfg = mcfg["mam"] if self.use_mam else None
         self.puzzle_cfg = mcfg["puzzle"] if self.use_puzzle else None
+        self.hide_cfg = mcfg["hide_and_seek"] if "hide_and_seek" in mechanisms else None
+        self.seed = int(seed)
         self.steps_per_epoch, self.epochs = max(1, int(steps_per_epoch)), max(1, int(epochs))
         self.epoch, self._counted = 0, (None, 0)
         self.memory = None
         if self.use_rcm and self.rcm_cfg["memory_momentum"] > 0:
             self.memory = rcm.PrototypeMemory(21, net.backbone.out_channels, self.rcm_cfg["memory_momentum"])
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, ids=None) -> dict[str, torch.Tensor]:
+        """The losses of one batch (``ids``: the images' ids, which the hide-and-seek masks are drawn from)."""
+        if self.hide_cfg is not None:
+            x = self._hide(x, ids)
         want_proj = self.use_rcm and self.rcm_cfg["embedding"] == "projection"
         out = self.net(x, with_proj=want_proj)
         losses = {"loss_cls": classification.multilabel_loss(out["logits"], y)}
@@ -77,6 +84,19 @@ class MainNetObjective:
         step = step + 1 if epoch == self.epoch else 0
         self._counted = (self.epoch, step)
         return (self.epoch + min(step, self.steps_per_epoch - 1) / self.steps_per_epoch) / self.epochs
+
+    def _hide(self, x: torch.Tensor, ids) -> torch.Tensor:
+        c = self.hide_cfg
+        if ids is None or len(ids) != x.shape[0]:
+            raise ValueError("hide-and-seek needs the batch's image ids (one per image) to draw its masks from")
+        h, w = x.shape[-2:]
+        masks = [
+            hide_and_seek.hide_mask(
+                h, w, c["patch_sizes"], c["hide_prob"], hide_and_seek.image_generator(self.seed, self.epoch, i)
+            )
+            for i in ids
+        ]
+        return hide_and_seek.hide(x, torch.stack(masks))
 
     def _puzzle(self, x: torch.Tensor, out: dict, y: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.puzzle_cfg

@@ -32,6 +32,8 @@ __all__ = [
     "rw_label",
     "rw_scores",
     "walk_label",
+    "walked_scores",
+    "label_from_scores",
     "dense_affinity_matrix",
 ]
 
@@ -216,36 +218,46 @@ def rw_scores(
 
 
 @torch.no_grad()
-def walk_label(net, image: np.ndarray, cam: np.ndarray, keys: np.ndarray, rw, crf=None) -> np.ndarray:
-    """uint8 [H,W] random-walk pseudo label of one image (raw uint8 HxWx3) and its normalised CAM [K,H,W].
+def walked_scores(net, image: np.ndarray, cam: np.ndarray, keys: np.ndarray, rw, bg_values=None) -> list[np.ndarray]:
+    """The ``[K+1,H,W]`` walked scores of one image (raw uint8 HxWx3, normalised CAM [K,H,W]), background first,
+    upsampled to the image: one array per background value of ``bg_values`` (IRN ``bg_score`` or PSA
+    ``bg_power`` by ``rw["bg_mode"]``; default: the config's one value).
 
     The affinity network ``net`` embeds the image (resized by ``rw["image_scale"]``); the pairwise affinities
-    within ``rw["radius"]`` give the sparse transition; the CAM is area-averaged onto that grid, walked
-    ``rw["n_steps"]`` times with a background plane (IRN constant ``bg_score`` / PSA power ``bg_power``), the scores
-    are upsampled bilinearly to the image and the argmax is the label. With ``crf`` (the ``refine`` config: its
-    ``crf`` parameters and ``ignore_confidence``) the walked scores are the unaries of a dense CRF instead, 255
-    where its posterior is below ``ignore_confidence``.
+    within ``rw["radius"]`` give the sparse transition; the CAM is area-averaged onto that grid and walked
+    ``rw["n_steps"]`` times. A walk moves each plane on its own, so IRN's constants share one walk of the classes
+    and PSA's powers one walk of all their background planes beside the classes (the calibration's grid costs
+    one walk).
     """
     h, w = image.shape[:2]
+    psa = rw["bg_mode"] == "psa"
+    values = [rw["bg_power"] if psa else rw["bg_score"]] if bg_values is None else [float(v) for v in bg_values]
+    if len(keys) == 0:
+        return [np.ones((1, h, w), np.float32) for _ in values]
     x = normalize(image)[None]
     if rw["image_scale"] != 1.0:
         x = F.interpolate(x, scale_factor=rw["image_scale"], mode="bilinear", align_corners=False)
     offsets = neighbour_offsets(rw["radius"])
-    aff = pairwise_affinity(net(x), offsets)[0]
-    grid = aff.shape[-2:]
-    cam_t = torch.as_tensor(cam, dtype=torch.float32)
-    small = F.adaptive_avg_pool2d(cam_t[None], grid)[0] if len(keys) else cam_t.new_zeros((0, *grid))
-    psa = rw["bg_mode"] == "psa"
-    scores = rw_scores(
-        small,
-        aff,
-        offsets,
-        beta=rw["beta"],
-        n_steps=rw["n_steps"],
-        bg_threshold=None if psa else rw["bg_score"],
-        bg_power=rw["bg_power"] if psa else None,
-    )
-    scores = F.interpolate(scores[None], size=(h, w), mode="bilinear", align_corners=False)[0].numpy()
+    aff = pairwise_affinity(net(x), offsets)[0].to(torch.float32)
+    cam_t = F.adaptive_avg_pool2d(torch.as_tensor(cam, dtype=torch.float32)[None], aff.shape[-2:])[0]
+    m, (gh, gw) = len(values), cam_t.shape[1:]
+    if psa:
+        peak = cam_t.max(dim=0, keepdim=True).values
+        bgs = [(1.0 - peak).clamp_min(0) ** p for p in values]
+        walked = random_walk(torch.cat([*bgs, cam_t], dim=0), aff, offsets, beta=rw["beta"], n_steps=rw["n_steps"])
+        planes = [torch.cat([walked[j : j + 1], walked[m:]], dim=0) for j in range(m)]
+    else:
+        fg = random_walk(cam_t, aff, offsets, beta=rw["beta"], n_steps=rw["n_steps"])
+        fg = fg / fg.max().clamp_min(1e-12)
+        planes = [torch.cat([torch.full((1, gh, gw), v), fg], dim=0) for v in values]
+    up = F.interpolate(torch.stack(planes), size=(h, w), mode="bilinear", align_corners=False)
+    return list(up.numpy())
+
+
+def label_from_scores(scores: np.ndarray, image: np.ndarray, keys: np.ndarray, crf=None) -> np.ndarray:
+    """uint8 [H,W] label of walked scores (:func:`walked_scores`): their argmax, or with ``crf`` (the ``refine``
+    config: its ``crf`` parameters and ``ignore_confidence``) a dense CRF on them, 255 where its posterior is
+    below ``ignore_confidence``."""
     lut = np.concatenate([[0], np.asarray(keys, np.int64)]).astype(np.uint8)
     if crf is None or len(keys) == 0:
         return lut[scores.argmax(axis=0)]
@@ -258,3 +270,52 @@ def walk_label(net, image: np.ndarray, cam: np.ndarray, keys: np.ndarray, rw, cr
     if crf["ignore_confidence"] > 0:
         label[post.max(0) < crf["ignore_confidence"]] = 255
     return label
+
+
+def walk_label(net, image: np.ndarray, cam: np.ndarray, keys: np.ndarray, rw, crf=None) -> np.ndarray:
+    """uint8 [H,W] random-walk pseudo label of one image (raw uint8 HxWx3) and its normalised CAM [K,H,W]: the
+    walked scores with the config's background (:func:`walked_scores`), then :func:`label_from_scores`."""
+    return label_from_scores(walked_scores(net, image, cam, keys, rw)[0], image, keys, crf)
+
+
+def walk_sweep(
+    net, rw, calibration_ids: list[str], *, cams_dir, data_root, crf=None, n_images: int, net_name: str
+) -> tuple[dict, dict]:
+    """(the walk config with the chosen background, the record): the best pseudo-label mIoU over
+    ``rw["calibration_values"]`` (IRN ``bg_score`` or PSA ``bg_power``, by ``bg_mode``) on the first ``n_images``
+    of ``calibration_ids`` (the caller passes ids disjoint from the scored ones); warns when the best value is
+    an end of the grid. One walk per image serves the whole grid (:func:`walked_scores`)."""
+    from tqdm import tqdm
+
+    from wsss import metrics
+    from wsss.data import voc
+    from wsss.io import load_npz, read_image, read_label_png
+
+    from .calibration import edges
+
+    key = "bg_power" if rw["bg_mode"] == "psa" else "bg_score"
+    values = [float(v) for v in rw["calibration_values"]]
+    ids = calibration_ids[:n_images]
+    cms = [metrics.ConfusionMatrix(pred_ignore="skip") for _ in values]
+    for image_id in tqdm(ids, desc=f"walk calibration {net_name}", mininterval=5, disable=None):
+        z = load_npz(cams_dir / f"{image_id}.npz")
+        image = read_image(voc.image_path(data_root, image_id))
+        gt = read_label_png(voc.mask_path(data_root, image_id))
+        for cm, scores in zip(cms, walked_scores(net, image, z["cam"].astype(np.float32), z["keys"], rw, values)):
+            cm.update(label_from_scores(scores, image, z["keys"], crf), gt)
+    curve = [{key: v, "miou": float(cm.compute()["miou"])} for v, cm in zip(values, cms)]
+    best = max(curve, key=lambda r: r["miou"])  # first best on ties: the grid's order decides
+    at_edge = edges(best, {key: values})
+    if at_edge:
+        import logging
+
+        logging.getLogger("wsss").warning(
+            "random-walk calibration of %s: the best %s (%g) is at the edge of refine.random_walk."
+            "calibration_values (%s); widen it",
+            net_name,
+            key,
+            best[key],
+            ", ".join(at_edge),
+        )
+    record = {"method": "walk_sweep", "parameters": [key], "images": len(ids), "curve": curve}
+    return {**rw, key: best[key]}, {**record, "chosen": {key: best[key]}, "at_edge": at_edge}

@@ -18,6 +18,7 @@ NET_LABELS = {
     "supportnet": "SupportNet",
     "mainnet_baseline": "MainNet baseline (fair control)",
     "mainnet_puzzle": "MainNet +Puzzle-CAM (positive control)",
+    "mainnet_hide_and_seek": "MainNet +Hide-and-Seek (positive control)",
     "mainnet_rcm": "MainNet +RCM",
     "mainnet_mam": "MainNet +MAM",
     "mainnet_rcm_mam": "MainNet +RCM+MAM",

@@ -1,6 +1,5 @@
 """Stage train_mainnet: one MainNet variant (the RCM / MAM ablation; ``baseline`` is the fair control, ``puzzle``
-the positive control), trained
-from the frozen SupportNet (:class:`wsss.methods.mainnet.MainNetObjective`). MainNet has SupportNet's architecture
+and ``hide_and_seek`` the positive controls), trained from the frozen SupportNet (:class:`wsss.methods.mainnet.MainNetObjective`). MainNet has SupportNet's architecture
 (the backbone config is read from SupportNet's checkpoint) and, with ``mainnet.init_from_supportnet``, its weights.
 """
 
@@ -45,7 +44,13 @@ def run(
         net.load_state_dict(frozen.state_dict())
     ds = ClassificationDataset(data, cfg["data"]["train_split"], crop=tcfg["crop"], train=True, seed=seed)
     objective = MainNetObjective(
-        net, frozen, variant, section, steps_per_epoch=len(ds) // tcfg["batch_size"], epochs=tcfg["epochs"]
+        net,
+        frozen,
+        variant,
+        section,
+        steps_per_epoch=len(ds) // tcfg["batch_size"],
+        epochs=tcfg["epochs"],
+        seed=seed,
     )
     dtype = DTYPES[tcfg["dtype"]]
     if objective.memory is not None:
@@ -64,7 +69,7 @@ def run(
         section="mainnet",
         resolved={"net": name, "section": section, "backbone": backbone, "seed": seed, "data": cfg["data"]},
         inputs={"data": data, "support": support},
-        objective=lambda x, batch: objective(x, batch["label"]),
+        objective=lambda x, batch: objective(x, batch["label"], batch["id"]),
         end_of_epoch=periodic_map(net, data, cfg["data"]["val_split"], tcfg["epochs"]),
         extra={"backbone": backbone},
     )
