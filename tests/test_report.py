@@ -334,6 +334,9 @@ def test_random_walk_and_single_stage_rows(exp: Path) -> None:
     assert two["val_miou"] == pytest.approx(SEG["pseudo"][0])
     ab = table(s, "ablation").set_index("net")
     assert ab.loc["mainnet_rcm_mam", "rw_miou"] == pytest.approx(0.61)
+    per_seed = table(s, "ablation_seeds").set_index("net")  # the walk's column appears where a walk ran
+    assert per_seed.loc["mainnet_rcm_mam", "rw"] == pytest.approx(0.61)
+    assert math.isnan(per_seed.loc["mainnet_baseline", "rw"])
     pipe = table(s, "pipeline")
     assert any(pipe["stage"].str.startswith("+random walk pseudo labels")) and 0.61 in pipe["miou"].round(6).tolist()
     seeds = table(s, "seeds")
@@ -379,5 +382,6 @@ def test_seed_table_mean_spread_and_paired_delta(tmp_path: Path) -> None:
     assert ab.loc["supportnet", "delta_body"] == pytest.approx(-0.10)
     assert ab.loc["mainnet_rcm_mam", "crf"] == pytest.approx(PSEUDO["mainnet_rcm_mam"])
     assert math.isnan(ab.loc["mainnet_rcm_mam", "delta_crf"])  # the fixture's control has no CRF labels
+    assert "rw" not in ab.columns  # no walk ran: no walk column
     assert math.isnan(ab.loc["mainnet_baseline", "delta_body"])  # the control is the reference
     assert "seed0/metrics/cam_supportnet.json" in table(s, "pipeline")["file"].tolist()

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from wsss import config
 from wsss.data import synthetic as syn
@@ -245,12 +246,36 @@ def _tree_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-def test_version_1_images_are_unchanged_by_version_2(tmp_path: Path):
-    """Benchmark v1 stays reproducible: with part_position anywhere (the default) every image, mask, split and
-    label file is byte-identical to what generator version 1 wrote (digest taken from the version-1 code)."""
+def test_version_1_images_are_unchanged_by_versions_2_and_3(tmp_path: Path):
+    """Benchmark v1 stays reproducible: with part_position anywhere and body_code_strength 1 (the defaults) every
+    image, mask, split and label file is byte-identical to what generator version 1 wrote (digest taken from the
+    version-1 code)."""
     root = _gen(tmp_path, part_bias=0.6)
     assert _tree_digest(root) == "c76de5cadd23fb3bb7baffce2eecf0042354da82b693d941df28637a393da88d"
-    assert syn.load_metadata(root)["generator_version"] == 2
+    assert syn.load_metadata(root)["generator_version"] == 3
+
+
+def test_body_code_strength_blends_the_bodies_code_towards_the_group_look(tmp_path: Path):
+    """The same objects (the strength draws no random number) with their bodies' class code at strengths 0, 0.3
+    and 1: at 0.3 the body pixels lie between the uncoded (0) and the fully coded (1) bodies, and the disc and the
+    background do not change."""
+    one = {"max_objects": 1, "max_classes": 1, "n_train": 6, "n_val": 1, "part_bias": 0.0}
+    roots = {s: _gen(tmp_path / str(s), body_code_strength=s, **one) for s in (0.0, 0.3, 1.0)}
+    for iid in _ids(roots[1.0]):
+        parts = _mask(roots[1.0], "PartMasks", iid)
+        assert all(np.array_equal(parts, _mask(r, "PartMasks", iid)) for r in roots.values())
+        img = {s: np.asarray(Image.open(r / "JPEGImages" / f"{iid}.jpg"), np.float64) for s, r in roots.items()}
+        body = (parts == 2) & ~ndimage.binary_dilation(parts != 2, iterations=3)  # away from JPEG edge ringing
+        disc = (parts == 1) & ~ndimage.binary_dilation(parts != 1, iterations=2)
+        far = (parts == 0) & ~ndimage.binary_dilation(parts > 0, iterations=4)
+
+        def gap(a, b, where, img=img):
+            return float(np.abs(img[a][where] - img[b][where]).mean())
+
+        assert gap(0.3, 1.0, body) < gap(0.0, 1.0, body) and gap(0.3, 0.0, body) < gap(0.0, 1.0, body)
+        assert gap(0.0, 1.0, body) > 10  # the code is visible on the body at full strength
+        # the disc and the background keep their pixels (up to JPEG chroma bleeding from the body into a small disc)
+        assert gap(0.0, 1.0, disc) < 0.5 * gap(0.0, 1.0, body) and gap(0.0, 1.0, far) < 3
 
 
 def _part_offsets(root: Path) -> list[float]:

@@ -33,7 +33,8 @@ log = logging.getLogger("wsss")
 
 # 2: ``part_position: end`` (the disc towards one end of its object, benchmark v2, issue 14); with the default
 # ``anywhere`` every image and mask is byte-identical to version 1's (tests/test_synthetic.py pins them)
-GENERATOR_VERSION = 2
+# 3: ``body_code_strength`` (how strongly a tinted body carries its class code; 1 = version 2's look, byte-identical)
+GENERATOR_VERSION = 3
 
 CONTEXT_KINDS = ("water", "grass", "sky", "road")
 SHAPE_NAMES = ("ellipse", "rectangle", "triangle", "hexagon", "cross", "star", "lshape", "arrow")
@@ -153,15 +154,22 @@ def _disc_in(body: np.ndarray, fraction: float, rng: np.random.Generator, positi
 
 
 def _paint_code(
-    canvas: np.ndarray, region: np.ndarray, rgb: np.ndarray, pattern: str, period: float, rng: np.random.Generator
+    canvas: np.ndarray,
+    region: np.ndarray,
+    rgb: np.ndarray,
+    pattern: str,
+    period: float,
+    rng: np.random.Generator,
+    dark: float | np.ndarray = 35.0,
 ) -> None:
-    """Fill ``region`` with ``rgb``, solid or in coarse dark stripes of the given period (random orientation)."""
+    """Fill ``region`` with ``rgb``, solid or in coarse stripes of colour ``dark`` of the given period (random
+    orientation)."""
     ys, xs = np.nonzero(region)
     colour = np.broadcast_to(rgb, (len(ys), 3)).copy()
     if pattern == "stripes":
         a = rng.choice([0.0, 0.25, 0.5, 0.75]) * np.pi
         on = np.floor((xs * np.cos(a) + ys * np.sin(a)) / (period / 2.0)) % 2 == 0
-        colour[~on] = 35.0
+        colour[~on] = dark
     canvas[ys, xs] = colour + rng.normal(0.0, 3.0, size=colour.shape)
 
 
@@ -341,8 +349,9 @@ def _draw_object(canvas, c, h, w, spec, cat, rows, taken, rng):
     tinted = rng.random() >= spec["part_bias"]
     tones = _group_tones(cat["group"][c], spec["n_groups"])
     colour = tones[int(rng.integers(len(tones)))] + rng.uniform(-8, 8, size=3)
+    strength = spec["body_code_strength"]  # 1: the tint and the code at version 2's full strength
     if tinted:
-        colour = 0.45 * hue_rgb + 0.55 * 150.0
+        colour = strength * (0.45 * hue_rgb + 0.55 * 150.0) + (1.0 - strength) * colour
     if rng.random() < spec["weak_boundary_prob"]:
         near_bg = canvas[body].mean(axis=0) + rng.uniform(-14, 14, size=3)
         colour = near_bg if not tinted else 0.5 * near_bg + 0.5 * colour
@@ -351,7 +360,9 @@ def _draw_object(canvas, c, h, w, spec, cat, rows, taken, rng):
     radius = np.sqrt(disc.sum() / np.pi)
     period = max(4.0, radius)
     if tinted:  # the body carries the class code too (muted), so the disc is no longer the only evidence
-        _paint_code(canvas, body & ~disc, 0.5 * hue_rgb + 0.5 * colour, code["pattern"], period, rng)
+        code_rgb = strength * (0.5 * hue_rgb + 0.5 * colour) + (1.0 - strength) * colour
+        dark = 35.0 if strength == 1.0 else strength * 35.0 + (1.0 - strength) * colour
+        _paint_code(canvas, body & ~disc, code_rgb, code["pattern"], period, rng, dark)
     _paint_code(canvas, disc, hue_rgb, code["pattern"], period, rng)
     return body, disc
 

@@ -611,20 +611,21 @@ ABLATION_MEASURES = (
 
 def ablation_over_seeds(exps: list[Experiment]) -> Table:
     """The ablation as paired differences to the fair control within each seed (mean ± sd over the seeds):
-    matched-rate body recall, context false positives and boundary mIoU (first ring), and +CRF pseudo-label
-    mIoU (calibrated per net on the calibration subset)."""
+    matched-rate body recall, context false positives and boundary mIoU (first ring), +CRF pseudo-label mIoU
+    (calibrated per net on the calibration subset) and, where a walk ran, +random-walk pseudo-label mIoU."""
 
     def per_seed(e: Experiment, n: str) -> dict[str, float]:
         d = e.cam.get(n)
         out = {k: matched(d, key, e.paths[f"cam_{n}"]) if d else NAN for k, _, key in ABLATION_MEASURES}
         out["crf"] = num(e.pseudo[n], "miou", e.paths[f"pseudo_{n}_crf"]) if n in e.pseudo else NAN
+        out["rw"] = num(e.rw[n], "miou", e.paths[f"pseudo_{n}_rw"]) if n in e.rw else NAN
         return out
 
     nets: list[str] = []
     for e in exps:
         nets += [n for n in e.cam if n not in nets]
     order = [n for n in ABLATION_ORDER if n in nets] + [n for n in nets if n not in ABLATION_ORDER]
-    measures = [*(k for k, _, _ in ABLATION_MEASURES), "crf"]
+    measures = [*(k for k, _, _ in ABLATION_MEASURES), "crf"] + (["rw"] if any(e.rw for e in exps) else [])
     ctrl = [per_seed(e, CONTROL) for e in exps]
     rows = []
     for n in order:
@@ -653,7 +654,8 @@ def ablation_over_seeds(exps: list[Experiment]) -> Table:
         "Ablation over seeds: paired differences to the fair control",
         f"Seeds {seeds}. body / context / boundary = body recall, context false positives and boundary mIoU at a "
         f"matched false-positive rate in the {ring} px ring (rescaling-invariant); crf = +CRF pseudo-label mIoU, "
-        "each net's CAM power and background calibrated on the calibration subset, scored on the other ids. "
+        "each net's CAM power and background calibrated on the calibration subset, scored on the other ids "
+        "(rw = +random-walk pseudo-label mIoU, where a walk ran). "
         f"delta = the difference to '{net_label(CONTROL)}' (same initialisation, schedule and steps) within each "
         "seed, mean over the seeds, and its sd (n-1): a difference counts when it clearly exceeds its sd; "
         "body_gain_beyond_2sd says whether the body-recall gain exceeds 2 sd. Values x100.",
