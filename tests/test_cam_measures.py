@@ -201,3 +201,34 @@ def test_eval_cams_invariant_section_is_a_negative_control(tiny_data, tmp_path):
     # the threshold-swept numbers beside them are not invariant: the control would catch a measure that moved
     fixed = [out[n]["miou_fixed_threshold"] for n in out]
     assert len(set(fixed)) == 3, fixed
+
+
+def test_the_gt_filled_oracle_is_the_headroom_of_the_cam(tiny_data, tmp_path):
+    """eval_cams' gt_filled section: a CAM of zeros filled to 0.5 on its objects is the ground truth itself
+    (mIoU 1 at any threshold below 0.5), and filling never scores below the CAM."""
+    cfg, root = tiny_data
+    scores = {}
+    for name, f in {"zeros": lambda x: 0.0 * x, "part": lambda x: x}.items():
+        cams = tmp_path / name
+        _write_cams(root, cams, f)
+        metrics = tmp_path / f"{name}.json"
+        run_stage(
+            "eval_cams", cfg, seed=0, net="supportnet", data=root, cams=cams, metrics=metrics, curve=tmp_path / "c.json"
+        )
+        scores[name] = json.loads(metrics.read_text())
+    zeros, part = scores["zeros"], scores["part"]
+    assert zeros["gt_filled"]["fill"] == 0.5 and zeros["gt_filled"]["miou"] == pytest.approx(1.0)
+    assert zeros["miou"] < 0.2  # the CAM itself finds nothing
+    assert part["gt_filled"]["miou"] > part["miou"] + 0.05
+
+
+def test_gt_filled_raises_only_the_ground_truth_pixels_of_each_plane():
+    from wsss.metrics import gt_filled
+
+    cam = np.array([[[0.9, 0.1, 0.1]], [[0.2, 0.8, 0.0]]], np.float32)  # planes of classes 3 and 7
+    gt = np.array([[3, 7, 255]], np.uint8)
+    out = gt_filled(cam, [3, 7], gt, 0.5)
+    assert np.allclose(out[0], [[0.9, 0.1, 0.1]]) and np.allclose(out[1], [[0.2, 0.8, 0.0]])  # already >= 0.5
+    out = gt_filled(np.zeros_like(cam), [3, 7], gt, 0.5)
+    assert np.allclose(out[0], [[0.5, 0.0, 0.0]]) and np.allclose(out[1], [[0.0, 0.5, 0.0]])  # 255 kept
+    assert np.allclose(cam, [[[0.9, 0.1, 0.1]], [[0.2, 0.8, 0.0]]])  # the input is not changed

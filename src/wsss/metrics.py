@@ -531,3 +531,13 @@ __all__ = [
     "context_background_share",
     "average_precision",
 ]
+
+
+def gt_filled(cam: np.ndarray, keys, gt: np.ndarray, fill: float) -> np.ndarray:
+    """The oracle CAM of the headroom: ``cam`` ([K,H,W], planes for the image classes ``keys``) with every pixel
+    whose ground truth is class ``keys[k]`` raised to at least ``fill`` in plane k (255 and other pixels kept)."""
+    out = np.array(cam, dtype=np.float32, copy=True)
+    for k, c in enumerate(np.asarray(keys).tolist()):
+        obj = gt == c
+        out[k][obj] = np.maximum(out[k][obj], np.float32(fill))
+    return out

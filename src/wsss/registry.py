@@ -361,6 +361,7 @@ _declare(
             "cams.thresholds",
             "cams.fixed_threshold",
             "cams.matched",
+            "cams.oracle_fill",
         ),
         inputs={"data": File(DATA), "cams": File("{seed_dir}/cams/{net}")},
         outputs={

@@ -95,6 +95,7 @@ def cam_quality(exp: Experiment) -> Table:
                 "part_body_gap": _sub(part, body),
                 "context_bg_share": num(d, "context_bg_share", path),
                 "other_bg_share": num(d, "other_bg_share", path),
+                "miou_gt_filled": num(d.get("gt_filled") or {}, "miou", path),
             }
         )
     fmt = {
@@ -107,17 +108,20 @@ def cam_quality(exp: Experiment) -> Table:
         "part_body_gap": "delta",
         "context_bg_share": "frac",
         "other_bg_share": "frac",
+        "miou_gt_filled": "frac",
     }
     return Table(
         "cam_quality",
         "CAM quality, threshold-swept (train split; a rescaling of the CAM moves these)",
-        "CAM mIoU at the best background threshold of the sweep (chosen on the scored images' GT) and at the fixed "
-        "threshold; part/body recall at that best threshold = "
+        "CAM mIoU at the best background threshold of the sweep (chosen on the calibration subset's GT, scored on "
+        "the other ids) and at the fixed threshold; part/body recall at that best threshold = "
         "share of discriminative-part / body pixels of the objects recovered by the CAM (as computed by the CAM "
         "evaluation; see its protocol). A CAM raised to a power scores about the same mIoU with another body "
         "recall: compare nets on the matched-rate table instead; "
         "gap = part - body recall (smaller means more of the object is covered); context/other bg share = "
-        "share of context / other background pixels wrongly claimed by the CAM. Values x100.",
+        "share of context / other background pixels wrongly claimed by the CAM; gt_filled = the oracle headroom: "
+        "the same CAM with every ground-truth object pixel raised to at least cams.oracle_fill, swept and scored "
+        "alike (what a CAM that covered its objects would score with this CAM's background). Values x100.",
         pd.DataFrame(rows, columns=["net", "model", *fmt]),
         fmt,
     )

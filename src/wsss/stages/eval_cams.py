@@ -11,6 +11,9 @@ by context classes versus the others.
 Those numbers move under a monotone rescaling of the CAM. The ``matched_rate`` section does not: every measure
 there is taken at the threshold that gives each net the same false-positive rate in rings of background around
 the objects (``cams.matched``; :mod:`wsss.cam_measures`).
+
+The ``gt_filled`` section is an oracle, the headroom of this CAM: every ground-truth pixel of an image class
+raised to at least ``cams.oracle_fill`` (:func:`wsss.metrics.gt_filled`), then swept and scored as the CAM is.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ def run(cfg, *, seed: int, net: str, data: Path, cams: Path, metrics: Path, curv
     )
     # the calibration subset chooses the swept threshold and the matched-rate thresholds; the others are scored
     calib_sweep, sweep = metrics_.ThresholdSweep(thresholds), metrics_.ThresholdSweep(thresholds)
+    fill = ccfg["oracle_fill"]
+    oracle_calib, oracle = metrics_.ThresholdSweep(thresholds), metrics_.ThresholdSweep(thresholds)
     calib_set, items = set(calib_ids), []
     for image_id in tqdm(calib_ids + scored_ids, desc=f"eval CAMs {net}", mininterval=5, disable=None):
         z = load_npz(cams / f"{image_id}.npz")
@@ -50,10 +55,12 @@ def run(cfg, *, seed: int, net: str, data: Path, cams: Path, metrics: Path, curv
         part = None if part_dir is None else read_label_png(part_dir / f"{image_id}.png", num_classes=3)
         scored = image_id not in calib_set
         (sweep if scored else calib_sweep).update(cam, z["keys"], gt)
+        (oracle if scored else oracle_calib).update(metrics_.gt_filled(cam, z["keys"], gt, fill), z["keys"], gt)
         matched.add(cam, z["keys"], gt, part, rows.get(image_id), calibrate=not scored, score=scored)
         if scored:
             items.append((cam, z["keys"], gt, part))
     best_thr, _ = calib_sweep.best()
+    oracle_thr, _ = oracle_calib.best()
     best = sweep.confusion(thresholds.index(best_thr)).compute()
     fixed_cm = sweep.confusion(thresholds.index(ccfg["fixed_threshold"]))
     region, ctx = metrics_.RegionRecall(), metrics_.ContextShare(context)
@@ -89,6 +96,13 @@ def run(cfg, *, seed: int, net: str, data: Path, cams: Path, metrics: Path, curv
         "fixed_threshold": ccfg["fixed_threshold"],
         "miou_fixed_threshold": fixed_cm.compute()["miou"],
         "matched_rate": matched.compute(),
+        "gt_filled": {
+            "fill": fill,
+            "best_threshold": oracle_thr,
+            "miou": oracle.confusion(thresholds.index(oracle_thr)).compute()["miou"],
+            "what": "oracle headroom: every GT pixel of an image class raised to at least `fill`, swept and scored "
+            "as the CAM",
+        },
     }
     if part_dir is not None:
         result.update({k: v for k, v in region.compute().items() if k in ("part_recall", "body_recall")})
