@@ -10,6 +10,7 @@
   needs results/default/seed0/models/supportnet/checkpoint.pt.
 - e2e_smoke: the smoke config end to end from scratch in a temporary copy, and its no-change re-run.
 - e2e_default (opt-in, ~20 min): the embedded default end to end from scratch (target <= 20 min on 2 cores).
+- e2e_ablation_v2 (opt-in, ~1 hour): issue 14's five-seed ablation on benchmark v2 (config/ablation-v2.yaml).
 - rw: the sparse random walk at 128², 256², 512² (benchmarks/random_walk.py; target 512² within 4 GB).
 `--doc` renders docs/performance.md from the JSON files (figures against targets).
 """
@@ -261,6 +262,26 @@ def bench_e2e(configfile: str, target_s: float | None, keep: bool = False) -> di
     return out
 
 
+def from_log(configfile: str, log_path: str) -> dict:
+    """The figures of a from-scratch run already made with ``snakemake --cores 2 --configfile ...`` (its Snakemake
+    log, from the first job's stamp to the last one's; e.g. a run too long to repeat under this script), in the
+    format of :func:`bench_e2e` without the no-change re-run."""
+    from datetime import datetime
+
+    log = Path(log_path).read_text(encoding="utf-8", errors="replace")
+    stamps = [datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y") for m in map(_STAMP.match, log.splitlines()) if m]
+    if "Nothing to be done" in log or len(stamps) < 2 or not re.search(r"\d+ of \d+ steps \(100%\) done", log):
+        raise SystemExit(f"{log_path}: not the log of a completed snakemake run")
+    jobs = job_times(log)
+    return {
+        "config": configfile,
+        "from_scratch_s": round((stamps[-1] - stamps[0]).total_seconds(), 1),
+        "measured_from": f"Snakemake log {Path(log_path).name} (first to last job stamp)",
+        "per_rule_s": {r: {"jobs": v["jobs"], "seconds": round(v["seconds"], 1)} for r, v in per_rule(jobs).items()},
+        "jobs": [{**j, "seconds": round(j["seconds"], 1)} for j in jobs],
+    }
+
+
 def bench_rw() -> dict:
     p = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/random_walk.py"), "--json"], capture_output=True, text=True, check=True
@@ -272,6 +293,7 @@ def bench_rw() -> dict:
 TARGETS = [
     ("e2e_default", "embedded default end to end (2 cores)", "from_scratch_s", "<= 1200 s"),
     ("e2e_default", "no-change re-run (default)", "no_change_rerun_s", "<= 10 s"),
+    ("e2e_ablation_v2", "five-seed ablation on benchmark v2 end to end (2 cores)", "from_scratch_s", "-"),
     ("e2e_smoke", "smoke config end to end", "from_scratch_s", "-"),
     ("e2e_smoke", "no-change re-run (smoke)", "no_change_rerun_s", "<= 10 s"),
     ("rerun", "no-change re-run of results/default", "no_change_rerun_s", "<= 10 s"),
@@ -307,7 +329,7 @@ def write_doc() -> Path:
         ]
         for r in json.loads(rw.read_text())["rows"]:
             lines.append(f"| {r['size']}² | {r['random_walk_s']} | {r['peak_rss_mib']} | {r['dense_fp32_gib']} |")
-    for name in ("e2e_default", "e2e_smoke"):
+    for name in ("e2e_default", "e2e_ablation_v2", "e2e_smoke"):
         f = OUT / f"{name}.json"
         rules = json.loads(f.read_text()).get("per_rule_s") if f.is_file() else None
         if rules:
@@ -343,7 +365,18 @@ def main() -> int:
         action="store_true",
         help="e2e_*: copy the timed run's results/<name> back into this checkout (replacing it)",
     )
+    p.add_argument(
+        "--from-log",
+        nargs=2,
+        metavar=("NAME", "LOG"),
+        help="record e2e figures NAME (e2e_default, e2e_ablation_v2) from the Snakemake log of a finished run",
+    )
     a = p.parse_args()
+    if a.from_log:
+        name, log = a.from_log
+        config = {"e2e_default": "config/config.yaml", "e2e_ablation_v2": "config/ablation-v2.yaml"}[name]
+        write_json(OUT / f"{name}.json", from_log(config, log))
+        a.only = ""
     benches = {
         "rerun": lambda: bench_rerun(a.config),
         "crf": bench_crf,
@@ -351,6 +384,7 @@ def main() -> int:
         "cam": bench_cam,
         "e2e_smoke": lambda: bench_e2e("config/smoke.yaml", None, a.keep),
         "e2e_default": lambda: bench_e2e("config/config.yaml", 1200, a.keep),
+        "e2e_ablation_v2": lambda: bench_e2e("config/ablation-v2.yaml", None, a.keep),
         "rw": bench_rw,
     }
     for name in filter(None, a.only.split(",")):
