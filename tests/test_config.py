@@ -204,3 +204,62 @@ def test_the_schema_names_exactly_the_mainnet_variants_the_code_trains():
         assert set(inner.split("|")) == set(MAINNET_VARIANTS), pattern
         # and every mechanism of a variant is a section of the mainnet config
     assert {m for ms in MAINNET_VARIANTS.values() for m in ms} <= set(main)
+
+
+# ------------------------------------------------------------------ splits that prepare / make_data write (issue 15)
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        # the synthetic benchmark has train and val only
+        ({"segment": {"export_split": "test"}}, r"segment\.export_split 'test'.*data\.source 'synthetic'.*train, val"),
+        # VOCtrainval holds no test split: val, or the extracted test images
+        (
+            {"data": {"source": "voc_sbd", "train_split": "train_aug"}, "segment": {"export_split": "test"}},
+            r"segment\.export_split 'test'.*VOCtrainval.*segment\.export_split: val.*data\.voc\.test_extracted_root",
+        ),
+        ({"data": {"source": "voc"}, "segment": {"export_split": "train_aug"}}, r"segment\.export_split 'train_aug'"),
+    ],
+)
+def test_the_export_split_must_be_one_the_data_stage_writes(raw, message):
+    with pytest.raises(WsssInputError, match=message):
+        config.validate(raw, source="x.yaml")
+
+
+def test_the_test_split_is_exported_once_the_test_images_are_configured():
+    raw = {"data": {"source": "voc", "voc": {"test_extracted_root": "/data/VOC2012test"}}}
+    cfg = config.validate({**raw, "segment": {"export_split": "test"}})
+    assert cfg["segment"]["export_split"] == "test"
+    with pytest.raises(WsssInputError, match=r"data\.train_split 'test'.*no masks"):  # exported, never trained on
+        config.validate({"data": {**raw["data"], "train_split": "test"}})
+    config.validate({"segment": {"enabled": False, "export_split": "test"}})  # no segmentation: nothing exported
+
+
+def test_voc12_exports_a_split_that_prepare_writes():
+    cfg = config.load(REPO / "config" / "voc12.yaml")
+    assert cfg["segment"]["export_split"] == "val" and cfg["data"]["voc"]["test_extracted_root"] is None
+
+
+@pytest.mark.parametrize(
+    "source, split, ok",
+    [
+        ("voc", "train_aug", False),
+        ("voc_sbd", "train_aug", True),
+        ("voc", "train", True),
+        ("synthetic", "train_aug", False),
+        ("voc", "trainval", False),
+    ],
+)
+def test_the_train_split_must_exist_for_the_data_source(source, split, ok):
+    raw = {"data": {"source": source, "train_split": split}}
+    if ok:
+        assert config.validate(raw)["data"]["train_split"] == split
+        return
+    with pytest.raises(WsssInputError) as e:
+        config.validate(raw, source="x.yaml")
+    msg = str(e.value)
+    assert msg.startswith("x.yaml: ") and f"data.train_split '{split}'" in msg and f"data.source '{source}'" in msg
+    assert "data.train_split: train" in msg
+    if split == "train_aug" and source == "voc":
+        assert "data.source: voc_sbd" in msg

@@ -364,3 +364,18 @@ def test_extract_corrupt_archive_leaves_no_output(archives, tmp_path):
     with pytest.raises(WsssInputError, match="junk.tar"):
         dl.extract(junk, tmp_path / "out" / "junk")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_no_sbd_says_that_source_voc_runs_without_it(tmp_path):
+    """Issue 15: a user without SBD is told the way to run without it, not only where benchmark.tgz goes."""
+    with pytest.raises(WsssInputError) as e:
+        dl.fetch("sbd", tmp_path / "dl", urls=[closed_port_url("benchmark.tgz")], timeout=2)
+    msg = str(e.value)
+    assert "benchmark.tgz" in msg and "data.source: voc" in msg and "data.train_split: train" in msg
+    with pytest.raises(WsssInputError) as e:  # the VOC archive has no such alternative
+        dl.fetch(voc_spec({"voc_md5": "0" * 32}), tmp_path / "dl", urls=[closed_port_url(VOC_NAME)], timeout=2)
+    assert "data.source" not in str(e.value)
+    from wsss.data.sbd import sbd_dataset_dir  # prepare, given an SBD root that holds no SBD: the same way out
+
+    with pytest.raises(WsssInputError, match=r"benchmark_RELEASE.*data\.source: voc and data\.train_split: train"):
+        sbd_dataset_dir(tmp_path)

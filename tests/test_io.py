@@ -107,3 +107,30 @@ def test_atomic_dir_sweeps_the_leftovers_of_a_killed_attempt(tmp_path):
     with io.atomic_dir(tmp_path / "cams") as tmp:
         (tmp / "a.npz").write_text("1")
     assert not stale.exists() and other.exists()  # only this output's leftovers
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002, 0o077], ids=oct)
+def test_outputs_get_the_modes_of_the_umask_at_write_time(tmp_path, umask):
+    """Issue 15: what the atomic writers leave has the modes a plain mkdir() / open() gives under the umask in
+    force when it is written (0755 / 0644 under 022), not mkdtemp's 0700 / mkstemp's 0600, nor the modes of the
+    umask of the process's start."""
+    import stat
+
+    old = os.umask(umask)
+    try:
+        with io.atomic_dir(tmp_path / "out") as tmp:
+            io.write_json(tmp / "a.json", {"a": 1})
+            io.save_npz(tmp / "b.npz", x=np.zeros(2))
+            (tmp / "sub").mkdir()
+            (tmp / "sub" / "c.txt").write_text("c")
+        io.write_text(tmp_path / "d.txt", "d")
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [out, *tmp_path.rglob("*")]}
+    want = {
+        "out": 0o777 & ~umask,
+        "out/sub": 0o777 & ~umask,
+        **{f: 0o666 & ~umask for f in ("out/a.json", "out/b.npz", "out/sub/c.txt", "d.txt")},
+    }
+    assert {k: oct(v) for k, v in modes.items()} == {k: oct(v) for k, v in want.items()}

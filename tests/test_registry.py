@@ -241,6 +241,7 @@ STRUCTURAL = {
     "data.voc.extract_dir",
     "data.voc.extracted_root",
     "data.voc.sbd_extracted_root",
+    "data.voc.test_extracted_root",
     "mainnet.variants",
     "mainnet.final_variant",
     "refine.crf_nets",

@@ -387,3 +387,18 @@ def test_seed_table_mean_spread_and_paired_delta(tmp_path: Path) -> None:
     assert "rw" not in ab.columns  # no walk ran: no walk column
     assert math.isnan(ab.loc["mainnet_baseline", "delta_body"])  # the control is the reference
     assert "seed0/metrics/cam_supportnet.json" in table(s, "pipeline")["file"].tolist()
+
+
+def test_the_protocol_table_says_where_the_image_labels_come_from(exp: Path) -> None:
+    """Issue 15: a VOC folder prepared without Annotations/ takes its image labels from the masks; the protocol
+    table shows it (from the dataset's prepare_report.json), beside the metric files' protocols."""
+    report = {"source": "voc2012", "label_source": "mask", "label_convention": "the classes of each mask", "x": 1}
+    write_json(exp / "data" / "VOC2012" / "prepare_report.json", report)
+    df = table(run(exp), "protocol")
+    rows = df[df["file"] == "data/VOC2012/prepare_report.json"]
+    assert dict(zip(rows["key"], rows["value"])) == {
+        "source": "voc2012",
+        "label_source": "mask",
+        "label_convention": "the classes of each mask",
+    }
+    assert len(df) > len(rows)  # the metric files' rows are still there

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -24,7 +26,7 @@ from test_download import (
 from wsss.data import download as dl
 from wsss.data.datasets import ClassificationDataset
 from wsss.data.sbd import convert_sbd, load_sbd_mask, read_sbd_split
-from wsss.data.voc import load_labels, read_split
+from wsss.data.voc import labels_from_mask, load_labels, read_split
 from wsss.data.voc_prepare import EXPECTED_COUNTS, from_existing, prepare_voc, read_xml_classes
 from wsss.io import WsssInputError, read_label_png
 
@@ -149,9 +151,12 @@ def test_from_existing_accepts_any_level_and_validates(extracted, tmp_path):
     with pytest.raises(WsssInputError, match="VOCdevkit/VOC2012"):
         from_existing(tmp_path)
     broken = tmp_path / "VOC2012"
-    shutil.copytree(voc, broken, ignore=shutil.ignore_patterns("Annotations"))
-    with pytest.raises(WsssInputError, match="Annotations"):
+    shutil.copytree(voc, broken, ignore=shutil.ignore_patterns("SegmentationClass"))
+    with pytest.raises(WsssInputError, match="SegmentationClass"):
         from_existing(broken)
+    shutil.rmtree(broken)
+    shutil.copytree(voc, broken, ignore=shutil.ignore_patterns("Annotations"))
+    assert from_existing(broken) == broken  # no Annotations/: the labels come from the masks
     shutil.rmtree(broken)
     shutil.copytree(voc, broken)
     (broken / "ImageSets" / "Segmentation" / "val.txt").write_text("\n")
@@ -188,3 +193,147 @@ def test_missing_jpeg_for_an_sbd_id_is_reported(extracted, tmp_path):
     with pytest.raises(WsssInputError, match="2011_000102.jpg"):
         prepare_voc(voc2, sbd, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------ issue 15
+
+
+def test_without_annotations_the_labels_come_from_the_masks(extracted, tmp_path, caplog):
+    """A VOCdevkit without Annotations/ (e.g. a subset holding images and masks only) is prepared with the image
+    labels of its masks (SegmentationClass, else SBD's), said in the log and in the report."""
+    voc, sbd = extracted
+    bare = tmp_path / "VOC2012"
+    shutil.copytree(voc, bare, ignore=shutil.ignore_patterns("Annotations"))
+    with caplog.at_level(logging.INFO, logger="wsss"):
+        report = prepare_voc(bare, None, tmp_path / "out")
+    labels = load_labels(tmp_path / "out")
+    assert labels == {i: labels_from_mask(make_mask(i, border=True)) for i in VOC_TRAIN + VOC_VAL}
+    assert labels["2007_000032"] == [8]  # the mask's cat; the XML's dog is not there to disagree
+    assert report["label_source"] == "mask" and "SegmentationClass" in report["label_convention"]
+    assert report["cross_check"]["done"] is False and report["difficult_only_image_classes"] is None
+    assert "no Annotations/" in caplog.text and "from the segmentation masks" in caplog.text
+    assert json.loads((tmp_path / "out" / "prepare_report.json").read_text())["label_source"] == "mask"
+
+    with_sbd = prepare_voc(bare, sbd, tmp_path / "out_sbd")  # SBD-only ids: the labels of their SBD masks
+    labels = load_labels(tmp_path / "out_sbd")
+    assert set(labels) == set(TRAIN_AUG) | set(VOC_VAL) | set(VOC_TRAIN)
+    assert all(labels[i] == labels_from_mask(archives_mask) for i, archives_mask in _sbd_masks(sbd).items())
+    assert with_sbd["label_source"] == "mask" and "SegmentationClassAug" in with_sbd["label_convention"]
+    assert prepare_voc(voc, None, tmp_path / "out_xml")["label_source"] == "xml"  # Annotations/ present: the XML
+
+
+def _sbd_masks(sbd) -> dict:
+    return {i: load_sbd_mask(sbd / "dataset" / "cls" / f"{i}.mat") for i in SBD_ONLY}
+
+
+def test_copies_get_the_modes_of_the_umask_not_of_the_source(extracted, tmp_path):
+    """A private (0600) or read-only (0444) source file is copied as a file others can read (0644 under 022)."""
+    voc, _ = extracted
+    src = tmp_path / "VOC2012"
+    shutil.copytree(voc, src)
+    os.chmod(src / "JPEGImages" / "2007_000032.jpg", 0o600)
+    os.chmod(src / "SegmentationClass" / "2007_000032.png", 0o444)
+    old = os.umask(0o022)
+    try:
+        prepare_voc(src, None, tmp_path / "out", link_mode="copy")
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    wrong = {
+        str(p): oct(stat.S_IMODE(p.stat().st_mode))
+        for p in [out, *out.rglob("*")]
+        if stat.S_IMODE(p.stat().st_mode) != (0o755 if p.is_dir() else 0o644)
+    }
+    assert wrong == {}
+
+
+def _test_images(root, ids, jpeg):
+    """A VOC2012test.tar layout under ``root``: JPEGImages/<id>.jpg (copies of ``jpeg``), ImageSets/Segmentation/test.txt."""
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+    for i in ids:
+        if not (root / "JPEGImages" / f"{i}.jpg").exists():
+            shutil.copy(jpeg, root / "JPEGImages" / f"{i}.jpg")
+    (root / "ImageSets" / "Segmentation" / "test.txt").write_text("".join(f"{i}\n" for i in ids))
+    return root
+
+
+def test_the_test_split_is_prepared_when_its_images_are_given(extracted, tmp_path):
+    voc, _ = extracted
+    jpeg = voc / "JPEGImages" / "2011_000200.jpg"  # in JPEGImages, in no list
+    # both archives extracted into one VOCdevkit (the usual way): the one JPEGImages link serves the test ids too
+    merged = tmp_path / "merged" / "VOC2012"
+    shutil.copytree(voc, merged)
+    _test_images(merged, ["2011_000200"], jpeg)
+    report = prepare_voc(merged, None, tmp_path / "out", test_root=merged)
+    out = tmp_path / "out"
+    assert read_split(out, "test") == ["2011_000200"] and report["counts"]["test"] == 1
+    assert "2011_000200" not in load_labels(out)  # the test split has no labels (and no masks)
+    assert (out / "JPEGImages").is_symlink()
+    # a separate VOC2012test folder: JPEGImages gathers both folders' images, one link per file
+    test = _test_images(tmp_path / "test" / "VOCdevkit" / "VOC2012", ["2012_900001", "2012_900002"], jpeg)
+    report = prepare_voc(voc, None, tmp_path / "out2", test_root=test.parent.parent)
+    out2 = tmp_path / "out2"
+    assert read_split(out2, "test") == ["2012_900001", "2012_900002"]
+    assert not (out2 / "JPEGImages").is_symlink()
+    names = {p.name for p in (out2 / "JPEGImages").iterdir()}
+    assert names == {p.name for p in (voc / "JPEGImages").iterdir()} | {"2012_900001.jpg", "2012_900002.jpg"}
+    assert (out2 / "JPEGImages" / "2012_900001.jpg").read_bytes() == jpeg.read_bytes()
+    assert report["link_mode"]["JPEGImages"] == "symlink"
+    # a test id without its image, or one of the trainval lists, is refused naming the file
+    (test / "JPEGImages" / "2012_900002.jpg").unlink()
+    with pytest.raises(WsssInputError, match="2012_900002.jpg"):
+        prepare_voc(voc, None, tmp_path / "out3", test_root=test)
+    _test_images(test, ["2012_900001", VOC_VAL[0]], jpeg)
+    with pytest.raises(WsssInputError, match=rf"test\.txt.*{VOC_VAL[0]}"):
+        prepare_voc(voc, None, tmp_path / "out3", test_root=test)
+    assert not (tmp_path / "out3").exists()
+
+
+def test_the_stage_gets_the_test_images_from_the_config(extracted, tmp_path):
+    """data.voc.test_extracted_root is prepare_voc's optional input voc_test (rule and CLI), given only when set."""
+    import yaml
+
+    from wsss import cli, config, registry
+
+    voc, _ = extracted
+    test = _test_images(tmp_path / "VOC2012test", ["2012_900001"], voc / "JPEGImages" / "2011_000200.jpg")
+    raw = {
+        "data": {"source": "voc", "voc": {"extracted_root": str(voc), "expect_counts": False}},
+        "segment": {"export_split": "val"},
+    }
+    stage = registry.STAGES["prepare_voc"]
+    assert "voc_test" not in registry.input_paths(stage, config.validate(raw), {})
+    raw["data"]["voc"]["test_extracted_root"] = str(test)
+    raw["segment"]["export_split"] = "test"
+    assert registry.input_paths(stage, config.validate(raw), {})["voc_test"] == str(test)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    out, metrics = tmp_path / "data" / "VOC2012", tmp_path / "data.json"
+    argv = ["prepare_voc", "--config", str(tmp_path / "c.yaml"), "--voc", str(voc), "--data", str(out)]
+    assert cli.main([*argv, "--metrics", str(metrics), registry.option("voc_test"), str(test)]) == 0
+    assert read_split(out, "test") == ["2012_900001"]
+    assert json.loads(metrics.read_text())["counts"]["test"] == 1
+
+
+def test_real_voc_photographs_without_annotations_get_irns_labels(tmp_path):
+    """The 817 real VOC 2012 images of ../shared (no Annotations/, no SBD): prepared with the masks' labels, which
+    equal IRN's cls_labels.npy for every id (the folder's image_labels_irn.json), in folders others can read."""
+    from pathlib import Path
+
+    from wsss.data.voc import VOC_CLASSES
+
+    repo = Path(__file__).resolve().parents[1]
+    root = Path(os.environ.get("WSSS_VOC_MINI", repo.parent / "shared/data/voc2012-mini")) / "VOC2012"
+    if not (root / "image_labels_irn.json").is_file():
+        pytest.skip(f"real VOC subset not found at {root} (set WSSS_VOC_MINI to the voc2012-mini folder)")
+    old = os.umask(0o022)
+    try:
+        report = prepare_voc(root, None, tmp_path / "VOC2012")
+    finally:
+        os.umask(old)
+    assert report["label_source"] == "mask" and report["counts"] == {"train": 546, "val": 271, "labelled_images": 817}
+    irn = json.loads((root / "image_labels_irn.json").read_text())
+    labels = load_labels(tmp_path / "VOC2012")
+    assert {i: sorted(VOC_CLASSES[c] for c in cs) for i, cs in labels.items()} == {i: sorted(n) for i, n in irn.items()}
+    assert stat.S_IMODE((tmp_path / "VOC2012").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "VOC2012" / "labels.json").stat().st_mode) == 0o644

@@ -100,6 +100,10 @@ def validate(config: dict, source: str = "config") -> dict:
     return full
 
 
+# the splits with masks and labels that each data.source's data stage writes (make_data; prepare_voc, with SBD's
+# train_aug for voc_sbd); prepare_voc adds test (images only) when data.voc.test_extracted_root is given
+_SPLITS = {"synthetic": ("train", "val"), "voc": ("train", "val"), "voc_sbd": ("train", "val", "train_aug")}
+_SPLIT_FALLBACK = {"train_split": "train", "cam_split": "train", "val_split": "val"}
 # splits that lie within another (VOC: train_aug holds train): CAMs and pseudo labels are made on train_split
 _WITHIN = {"train_aug": {"train"}}
 _TRAIN_SECTIONS = ("supportnet", "mainnet", "refine.random_walk", "segment", "single_stage")
@@ -117,11 +121,48 @@ def _non_finite(node, path=()):
         yield ".".join(path)
 
 
+def _check_splits(cfg: dict, source: str) -> None:
+    """Every split the config names is one the data stage writes for ``data.source``, so that a run fails here
+    (``snakemake -n``, ``wsss validate``) rather than at a stage hours in, on a missing list file."""
+    data = cfg["data"]
+    kind = data["source"]
+    masked = _SPLITS[kind]
+    has_test = kind != "synthetic" and data["voc"]["test_extracted_root"] is not None
+    written = f"the splits written for data.source '{kind}' ({', '.join(masked)}" + (", test)" if has_test else ")")
+    for key, fallback in _SPLIT_FALLBACK.items():
+        split = data[key]
+        if split in masked:
+            continue
+        if split == "test" and has_test:
+            raise WsssInputError(
+                f"{source}: data.{key} 'test': the test split has no masks and no labels (VOC keeps them on its "
+                f"evaluation server); it can only be exported (segment.export_split); set data.{key}: {fallback}"
+            )
+        hint = f"set data.{key}: {fallback}"
+        if split == "train_aug" and kind == "voc":
+            hint += ", or data.source: voc_sbd (VOC 2012 + SBD, which adds train_aug)"
+        raise WsssInputError(f"{source}: data.{key} '{split}' is not among {written}; {hint}")
+    export = cfg["segment"]["export_split"]
+    if not cfg["segment"]["enabled"] or export is None or export in masked or (export == "test" and has_test):
+        return
+    if export == "test" and kind != "synthetic":
+        raise WsssInputError(
+            f"{source}: segment.export_split 'test' is not among {written}: VOC's test split is not in "
+            "VOCtrainval_11-May-2012.tar; set segment.export_split: val, or, to export test, set "
+            "data.voc.test_extracted_root to the extracted VOC2012test.tar (from the VOC evaluation server)"
+        )
+    raise WsssInputError(
+        f"{source}: segment.export_split '{export}' is not among {written}; set segment.export_split: val "
+        "(or null: no export)"
+    )
+
+
 def _check_consistency(cfg: dict, source: str) -> None:
     """Cross-key rules a JSON schema cannot express."""
     bad = list(_non_finite(cfg))
     if bad:
         raise WsssInputError(f"{source}: config key '{bad[0]}' is not a finite number; give a real value")
+    _check_splits(cfg, source)
     data = cfg["data"]
     if data["cam_split"] != data["train_split"] and data["cam_split"] not in _WITHIN.get(data["train_split"], ()):
         raise WsssInputError(

@@ -1,7 +1,8 @@
 """Atomic file writes and the VOC-format readers every stage shares.
 
 Nothing half-written survives a failure: every writer here writes to a temporary file in the
-destination folder, flushes it, then renames it over the target (``os.replace`` is atomic on POSIX).
+destination folder, flushes it, then renames it over the target (``os.replace`` is atomic on POSIX). What they
+leave has the modes of a plain ``open()`` / ``mkdir()`` under the umask in force (0644 / 0755 under 022).
 Readers raise :class:`WsssInputError` naming the file and saying what to do.
 """
 
@@ -13,8 +14,8 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -26,16 +27,24 @@ from PIL import Image
 _STARTED = time.time()  # temp files older than this process cannot be its own
 
 
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _new_temp(parent: Path, prefix: str, suffix: str = "", *, folder: bool = False) -> Path:
+    """Create a new, uniquely named file (empty) or folder ``parent/<prefix><random><suffix>`` and return its path.
 
-
-# mkstemp / mkdtemp create 0600 files and 0700 folders whatever the umask: outputs get the modes a plain open()
-# or mkdir() would give them (0644 / 0755 under umask 022), so that others on a shared file system can read them
-_FILE_MODE = 0o666 & ~_current_umask()
-_DIR_MODE = 0o777 & ~_current_umask()
+    Unlike ``tempfile.mkstemp`` / ``mkdtemp`` (0600 / 0700 whatever the umask), it is made as a plain ``open()`` or
+    ``mkdir()`` makes it: mode 0666 / 0777 less the umask in force now (0644 / 0755 under 022), applied by the
+    operating system, so that what is renamed into place is readable by others on a shared file system as far as
+    the user's umask allows. The random part holds no dot (:func:`sweep_stale_temp` parses the names)."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            if folder:
+                os.mkdir(path, 0o777)
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(parent / f"{prefix}*{suffix}"))
 
 
 class WsssInputError(RuntimeError):
@@ -59,10 +68,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_temp(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.fchmod(fd, _FILE_MODE)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_temp(path.parent, f".{path.name}.", f".tmp{path.suffix}")
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -87,7 +93,7 @@ def _stale_in(folder: Path) -> dict[str, list[Path]]:
                 if not (e.name.startswith(".") and ".tmp" in e.name and e.is_file(follow_symlinks=False)):
                     continue
                 head, _, suffix = e.name[1:].rpartition(".tmp")
-                name = head.rpartition(".")[0]  # drop mkstemp's random part
+                name = head.rpartition(".")[0]  # drop the random part (_new_temp)
                 if name and name.endswith(suffix) and e.stat().st_mtime < _STARTED:
                     found.setdefault(name, []).append(Path(e.path))
         _STALE[folder] = found
@@ -120,8 +126,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    os.chmod(tmp, _DIR_MODE)
+    tmp = _new_temp(path.parent, f".{path.name}.tmp-", folder=True)
     try:
         yield tmp
         if path.exists():

@@ -305,11 +305,12 @@ _declare(
     Stage(
         "prepare_voc",
         "data",
-        "VOC 2012 (+ SBD) in the dataset layout: splits, image labels, SBD masks",
+        "VOC 2012 (+ SBD, + the test images) in the dataset layout: splits, image labels, SBD masks",
         keys=_static("data.source", "data.voc.expect_counts", "data.voc.cross_check", "data.voc.link_mode"),
         inputs={
             "voc": File("{voc_root}"),
             "sbd": File("{sbd_root}", when=lambda c, w: c["data"]["source"] == "voc_sbd"),
+            "voc_test": File("{voc_test_root}", when=lambda c, w: c["data"]["voc"]["test_extracted_root"] is not None),
         },
         outputs={"data": File(DATA, "dir"), "metrics": File("{exp}/metrics/data.json", "metrics")},
     ),
@@ -561,6 +562,7 @@ def tokens(cfg: dict) -> dict[str, str]:
         "extract_dir": voc["extract_dir"],
         "voc_root": voc["extracted_root"] or f"{voc['extract_dir']}/voc2012_trainval",
         "sbd_root": voc["sbd_extracted_root"] or f"{voc['extract_dir']}/sbd",
+        "voc_test_root": voc["test_extracted_root"] or "",  # used only when given (prepare_voc's voc_test)
         "final_net": f"mainnet_{cfg['mainnet']['final_variant']}",
         "pseudo_kind": cfg["segment"]["pseudo_labels"],
     }

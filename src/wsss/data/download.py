@@ -1,7 +1,7 @@
 """Fetch and extract the real PASCAL VOC 2012 and SBD archives: verified, resumable, offline-friendly.
 
 * :data:`ARCHIVES` names every archive with its published checksums and the URLs it is known at (each URL
-  carries the public source that cites it; none is guessed).
+  carries the public source that cites it; none is guessed), and for an optional one (SBD) how to run without it.
 * :func:`fetch` uses a configured local copy when it verifies, else downloads with resume (HTTP ``Range``
   into ``<dest>/<file>.part``), verifies md5 (and sha256 when known) and only then renames ``.part`` to the
   final name. When nothing works it raises :class:`~wsss.io.WsssInputError` listing every URL tried with its
@@ -70,6 +70,11 @@ ARCHIVES: dict[str, dict[str, Any]] = {
         "sha256": None,  # no public source found
         "size_bytes": None,
         "root": "benchmark_RELEASE",
+        # said when it cannot be obtained: the pipeline runs without it
+        "without": (
+            "SBD is optional: to run without it (VOC 2012 train/val only, no train_aug), set data.source: voc "
+            "and data.train_split: train"
+        ),
     },
 }
 
@@ -270,7 +275,7 @@ def fetch(
         f"Download {filename} by hand (from a URL above or any copy with that md5) and put it at {where}"
         + (f" (or at {final})" if where != final else "")
         + "; it is then used without any download. A partial download is kept at "
-        f"{part} and resumed on the next run."
+        f"{part} and resumed on the next run." + (f" {spec['without']}." if spec.get("without") else "")
     )
 
 

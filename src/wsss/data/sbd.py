@@ -33,7 +33,8 @@ def sbd_dataset_dir(sbd_root: PathLike) -> Path:
             return cand
     raise WsssInputError(
         f"{root}: no SBD 'dataset/cls' folder found; point the SBD root at the extracted benchmark_RELEASE "
-        "folder (from benchmark.tgz)"
+        "folder (from benchmark.tgz), or run without SBD (VOC 2012 train/val only, no train_aug): set "
+        "data.source: voc and data.train_split: train"
     )
 
 

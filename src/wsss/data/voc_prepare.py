@@ -9,17 +9,21 @@ Output ``out_root`` (read by every later stage, like the synthetic dataset):
   255 border, SBD's do not);
 * ``ImageSets/Segmentation/{train,val,train_aug}.txt`` with
   ``train_aug = (SBD train ∪ SBD val ∪ VOC train) − VOC val`` (10,582 ids in the real data; train 1,464,
-  val 1,449; irn:voc12/*.txt, peers.md §1.3);
+  val 1,449; irn:voc12/*.txt, peers.md §1.3), and ``test.txt`` when the test images (``VOC2012test.tar``) are
+  given: images only, for the evaluation server's export (VOCtrainval holds no test split);
 * ``labels.json`` = {id: [VOC class ids 1..20]} from the XML annotations (``<object><name>``, ``difficult`` and
-  ``truncated`` objects included: irn:voc12/make_cls_labels.py), for train_aug ∪ val ∪ train;
+  ``truncated`` objects included: irn:voc12/make_cls_labels.py), for train_aug ∪ val ∪ train; a VOC folder
+  without ``Annotations/`` gets the classes of each image's mask instead (``label_source`` "mask", logged);
 * ``label_disagreements.json``: ids whose XML classes differ from the classes in their mask, never dropped;
-* ``prepare_report.json``: counts, conventions, sources.
+* ``prepare_report.json``: counts, conventions (where the labels come from), sources.
 
-The folder is written atomically (temporary sibling renamed into place).
+The folder is written atomically (temporary sibling renamed into place). Copies (``link_mode`` copy, or where
+links fail) get the modes of the umask, not those of the source; hard links and symlinks show the source's.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import xml.etree.ElementTree as ET
@@ -31,6 +35,7 @@ from wsss.data.voc import NUM_FG, VOC_CLASSES, labels_from_mask, read_id_list
 from wsss.io import WsssInputError, atomic_dir, read_label_png, write_json, write_text
 
 PathLike = str | os.PathLike
+log = logging.getLogger("wsss")
 
 EXPECTED_COUNTS = {"train": 1464, "val": 1449, "train_aug": 10582}
 CLASS_TO_ID = {name: i for i, name in enumerate(VOC_CLASSES) if i > 0}
@@ -38,11 +43,15 @@ LABEL_CONVENTION = (
     "XML <object><name> of Annotations/<id>.xml mapped to VOC ids 1..20; objects marked difficult or truncated "
     "are included (as irn:voc12/make_cls_labels.py builds cls_labels.npy)"
 )
+MASK_LABEL_CONVENTION = (
+    "no Annotations/: the foreground classes (1..20) present in each image's segmentation mask (SegmentationClass, "
+    "else SBD's SegmentationClassAug); 255 and background skipped"
+)
 MASK_PRECEDENCE = (
     "SegmentationClassAug holds SBD GTcls.Segmentation converted to PNG, overwritten by VOC SegmentationClass "
     "where VOC has a mask (VOC takes precedence)"
 )
-_VOC_DIRS = ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation")
+_VOC_DIRS = ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation")  # Annotations/ is optional
 
 
 # --------------------------------------------------------------------------------------- VOC root
@@ -52,15 +61,9 @@ def from_existing(voc_root: PathLike) -> Path:
     """Validate an already-extracted VOC 2012 and return its ``VOC2012`` folder (used as is, no download).
 
     ``voc_root`` may be the ``VOC2012`` folder itself, ``VOCdevkit``, or the folder holding ``VOCdevkit``.
+    ``Annotations/`` may be missing: the image labels then come from the masks (:func:`prepare_voc`).
     """
-    root = Path(voc_root)
-    cands = [root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"]
-    voc = next((c for c in cands if (c / "JPEGImages").is_dir()), None)
-    if voc is None:
-        raise WsssInputError(
-            f"{root}: no VOC 2012 found (looked for JPEGImages/ in {', '.join(str(c) for c in cands)}); set the "
-            "VOC root to the extracted VOCdevkit/VOC2012 of VOCtrainval_11-May-2012.tar"
-        )
+    voc = _voc_folder(voc_root, "VOCtrainval_11-May-2012.tar")
     missing = [d for d in _VOC_DIRS if not (voc / d).is_dir()]
     if missing:
         raise WsssInputError(
@@ -71,6 +74,27 @@ def from_existing(voc_root: PathLike) -> Path:
     for split in ("train", "val"):
         _read_list(voc / "ImageSets" / "Segmentation" / f"{split}.txt")
     return voc
+
+
+def _voc_folder(root: PathLike, archive: str) -> Path:
+    root = Path(root)
+    cands = [root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"]
+    voc = next((c for c in cands if (c / "JPEGImages").is_dir()), None)
+    if voc is None:
+        raise WsssInputError(
+            f"{root}: no VOC 2012 found (looked for JPEGImages/ in {', '.join(str(c) for c in cands)}); set the "
+            f"VOC root to the extracted VOCdevkit/VOC2012 of {archive}"
+        )
+    return voc
+
+
+def read_test_images(test_root: PathLike) -> tuple[Path, list[str]]:
+    """The ``VOC2012`` folder of the extracted test images (``VOC2012test.tar``; any level, as
+    :func:`from_existing`) and the ids of its ``ImageSets/Segmentation/test.txt``."""
+    voc = _voc_folder(test_root, "VOC2012test.tar (data.voc.test_extracted_root)")
+    path = voc / "ImageSets" / "Segmentation" / "test.txt"
+    hint = "re-extract VOC2012test.tar there, or set data.voc.test_extracted_root: null (no test split)"
+    return voc, read_id_list(path, missing_hint=hint, empty_hint=hint)
 
 
 def _read_list(path: Path) -> list[str]:
@@ -128,14 +152,35 @@ def _link_tree(src: Path, dst: Path, mode: str) -> str:
     return used
 
 
+def _link_files(sources: list[tuple[Path, list[str] | None]], dst: Path, mode: str) -> str:
+    """Make ``dst`` a folder showing the files of several folders, one link per file (each ``(folder, names)``:
+    those names, or every file when None; a name already there is kept). Returns the mode used."""
+    dst.mkdir()
+    used = mode
+    for src, names in sources:
+        files = sorted(f for f in src.iterdir() if f.is_file()) if names is None else [src / n for n in names]
+        for f in files:
+            if not (dst / f.name).exists():
+                used = _link_file(f, dst / f.name, used)
+    return used
+
+
 def _link_file(src: Path, dst: Path, mode: str) -> str:
+    """Link one file (symlink, else hard link, else copy); returns the mode used. A copy gets the umask's mode
+    (shutil.copyfile, not copy2: a private or read-only source must not make the dataset unreadable)."""
+    if mode == "symlink":
+        try:
+            os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), dst)
+            return "symlink"
+        except OSError:
+            mode = "hardlink"
     if mode == "hardlink":
         try:
             os.link(src, dst)
             return "hardlink"
         except OSError:
             mode = "copy"
-    shutil.copy2(src, dst)
+    shutil.copyfile(src, dst)
     return mode
 
 
@@ -165,6 +210,7 @@ def prepare_voc(
     sbd_root: PathLike | None,
     out_root: PathLike,
     *,
+    test_root: PathLike | None = None,
     expect_counts: bool = False,
     cross_check: bool = True,
     link_mode: str = "symlink",
@@ -172,8 +218,11 @@ def prepare_voc(
     """Build ``out_root`` (see the module docstring) and return the report also written to ``prepare_report.json``.
 
     ``sbd_root`` is the extracted ``benchmark_RELEASE`` (or its ``dataset``); ``None`` gives train/val only
-    (no train_aug, no SegmentationClassAug). ``expect_counts`` checks 1,464 / 1,449 / 10,582.
-    ``cross_check`` compares XML classes with mask classes. ``link_mode``: symlink | hardlink | copy.
+    (no train_aug, no SegmentationClassAug). ``test_root`` is the extracted ``VOC2012test.tar`` (it may be
+    ``voc_root`` itself, where both archives were extracted into one VOCdevkit): it adds the test split, images
+    only; ``None`` gives none. ``expect_counts`` checks 1,464 / 1,449 / 10,582. ``cross_check`` compares XML
+    classes with mask classes. ``link_mode``: symlink | hardlink | copy. Without ``Annotations/`` the image labels
+    are the classes of the masks (logged; ``label_source`` "mask" in the report).
     """
     if link_mode not in ("symlink", "hardlink", "copy"):
         raise WsssInputError(f"link_mode {link_mode!r}: use symlink, hardlink or copy")
@@ -197,26 +246,58 @@ def prepare_voc(
     if expect_counts:
         _check_counts(counts)
 
-    all_ids = sorted(set().union(*splits.values()))
+    all_ids = sorted(set().union(*splits.values()))  # the labelled ids (the test split has no labels)
     _missing([voc / "JPEGImages" / f"{i}.jpg" for i in all_ids], "JPEG images", f"re-extract VOC into {voc}")
-    _missing([voc / "Annotations" / f"{i}.xml" for i in all_ids], "XML annotations", f"re-extract VOC into {voc}")
     _missing([voc / "SegmentationClass" / f"{i}.png" for i in train + val], "VOC masks", f"re-extract VOC into {voc}")
+    test_voc: Path | None = None
+    if test_root is not None:
+        test_voc, test_ids = read_test_images(test_root)
+        test_list = test_voc / "ImageSets" / "Segmentation" / "test.txt"
+        shared = sorted(set(test_ids) & set(all_ids))
+        if shared:
+            raise WsssInputError(
+                f"{test_list}: {len(shared)} test ids are also in the train/val lists (first {shared[:5]}); "
+                "data.voc.test_extracted_root must hold VOC2012test.tar's images and test list"
+            )
+        _missing(
+            [test_voc / "JPEGImages" / f"{i}.jpg" for i in test_ids],
+            "test JPEG images",
+            f"re-extract VOC2012test.tar into {test_voc}",
+        )
+        splits["test"] = test_ids
+        counts["test"] = len(test_ids)
 
+    label_source = "xml" if (voc / "Annotations").is_dir() else "mask"
     labels: dict[str, list[int]] = {}
     unknown: dict[str, list[str]] = {}
     difficult_only = 0
-    for i in all_ids:
-        info = read_xml_classes(voc / "Annotations" / f"{i}.xml")
-        labels[i] = info["classes"]
-        difficult_only += len(info["difficult_only"])
-        if info["unknown"]:
-            unknown[i] = info["unknown"]
-    no_label = sorted(i for i, c in labels.items() if not c)
+    if label_source == "xml":
+        _missing([voc / "Annotations" / f"{i}.xml" for i in all_ids], "XML annotations", f"re-extract VOC into {voc}")
+        for i in all_ids:
+            info = read_xml_classes(voc / "Annotations" / f"{i}.xml")
+            labels[i] = info["classes"]
+            difficult_only += len(info["difficult_only"])
+            if info["unknown"]:
+                unknown[i] = info["unknown"]
+    else:
+        log.info(
+            "%s: no Annotations/ folder: the image labels are taken from the segmentation masks (%s); "
+            "prepare_report.json records label_source 'mask'",
+            voc,
+            "SegmentationClass, else SBD's SegmentationClassAug" if sbd_root is not None else "SegmentationClass",
+        )
 
     out_root = Path(out_root)
     with atomic_dir(out_root) as tmp:
+        jpeg_sources = [(voc / "JPEGImages", None)]
+        if test_voc is not None and (test_voc / "JPEGImages").resolve() != (voc / "JPEGImages").resolve():
+            jpeg_sources.append((test_voc / "JPEGImages", [f"{i}.jpg" for i in splits["test"]]))
         modes = {
-            "JPEGImages": _link_tree(voc / "JPEGImages", tmp / "JPEGImages", link_mode),
+            "JPEGImages": (
+                _link_tree(voc / "JPEGImages", tmp / "JPEGImages", link_mode)
+                if len(jpeg_sources) == 1
+                else _link_files(jpeg_sources, tmp / "JPEGImages", link_mode)
+            ),
             "SegmentationClass": _link_tree(voc / "SegmentationClass", tmp / "SegmentationClass", link_mode),
         }
         n_sbd = n_voc_aug = 0
@@ -236,29 +317,39 @@ def prepare_voc(
                     f"(first {missing_aug[:5]}); re-extract benchmark.tgz"
                 )
 
+        def mask_of(image_id: str) -> tuple[Path, str]:
+            mpath = voc / "SegmentationClass" / f"{image_id}.png"
+            return (
+                (mpath, "SegmentationClass")
+                if mpath.is_file()
+                else (aug / f"{image_id}.png", "SegmentationClassAug (SBD)")
+            )
+
+        if label_source == "mask":  # every labelled id has a mask: train/val in VOC, train_aug checked above
+            labels = {i: labels_from_mask(read_label_png(mask_of(i)[0])) for i in all_ids}
+        no_label = sorted(i for i, c in labels.items() if not c)
+
         disagreements: list[dict[str, Any]] = []
         n_checked = 0
-        if cross_check:
-            for i in all_ids:
-                mpath, source = voc / "SegmentationClass" / f"{i}.png", "SegmentationClass"
-                if not mpath.is_file():
-                    mpath, source = aug / f"{i}.png", "SegmentationClassAug (SBD)"
-                if not mpath.is_file():
-                    continue
-                n_checked += 1
-                mask_classes = labels_from_mask(read_label_png(mpath))
-                if mask_classes != labels[i]:
-                    xml_set, mask_set = set(labels[i]), set(mask_classes)
-                    disagreements.append(
-                        {
-                            "id": i,
-                            "xml": labels[i],
-                            "mask": mask_classes,
-                            "mask_source": source,
-                            "xml_only": sorted(xml_set - mask_set),
-                            "mask_only": sorted(mask_set - xml_set),
-                        }
-                    )
+        checking = cross_check and label_source == "xml"  # labels from the masks cannot disagree with them
+        for i in all_ids if checking else ():
+            mpath, source = mask_of(i)
+            if not mpath.is_file():
+                continue
+            n_checked += 1
+            mask_classes = labels_from_mask(read_label_png(mpath))
+            if mask_classes != labels[i]:
+                xml_set, mask_set = set(labels[i]), set(mask_classes)
+                disagreements.append(
+                    {
+                        "id": i,
+                        "xml": labels[i],
+                        "mask": mask_classes,
+                        "mask_source": source,
+                        "xml_only": sorted(xml_set - mask_set),
+                        "mask_only": sorted(mask_set - xml_set),
+                    }
+                )
 
         for split, ids in splits.items():
             write_text(tmp / "ImageSets" / "Segmentation" / f"{split}.txt", "".join(f"{i}\n" for i in ids))
@@ -268,14 +359,15 @@ def prepare_voc(
             "source": "voc2012" + ("+sbd" if sbd_root is not None else ""),
             "voc_root": str(voc.resolve()),
             "sbd_root": str(sbd_dataset_dir(sbd_root).resolve()) if sbd_root is not None else None,
+            "test_root": str(test_voc.resolve()) if test_voc is not None else None,
             "counts": {**counts, **sbd_counts, "labelled_images": len(labels)},
             "expected_counts": dict(EXPECTED_COUNTS),
             "counts_checked": bool(expect_counts),
             "train_aug_rule": "(SBD train ∪ SBD val ∪ VOC train) − VOC val" if sbd_root is not None else None,
-            "label_source": "xml",
-            "label_convention": LABEL_CONVENTION,
+            "label_source": label_source,
+            "label_convention": LABEL_CONVENTION if label_source == "xml" else MASK_LABEL_CONVENTION,
             "num_classes_fg": NUM_FG,
-            "difficult_only_image_classes": difficult_only,
+            "difficult_only_image_classes": difficult_only if label_source == "xml" else None,
             "images_without_labels": no_label,
             "unknown_object_names": unknown,
             "mask_precedence": MASK_PRECEDENCE if sbd_root is not None else None,
@@ -286,12 +378,13 @@ def prepare_voc(
             },
             "link_mode": modes,
             "cross_check": {
-                "done": bool(cross_check),
+                "done": bool(checking),
                 "images_checked": n_checked,
                 "disagreements": len(disagreements),
                 "file": "label_disagreements.json",
                 "rule": "sorted foreground classes of the mask (SegmentationClass, else SegmentationClassAug) "
-                "vs the XML classes; labels.json keeps the XML classes",
+                "vs the XML classes; labels.json keeps the XML classes"
+                + ("" if label_source == "xml" else " (not done: no XML, the labels are the masks' classes)"),
             },
         }
         write_json(tmp / "prepare_report.json", report)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from wsss.io import read_json
 from wsss.report.inputs import ABLATION_ORDER, CONTROL, FULL, Experiment, net_label, num, protocol_of
 from wsss.report.published import published_frame
 
@@ -364,8 +365,18 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, str]:
     return {prefix[:-1]: str(d)}
 
 
+# what the protocol table shows of the VOC dataset folder's prepare_report.json (wsss.data.voc_prepare)
+DATA_PROTOCOL_KEYS = ("source", "label_source", "label_convention")
+
+
 def protocol(exp: Experiment) -> Table:
     rows = []
+    prepared = exp.data_root / "prepare_report.json"
+    if prepared.is_file():  # real VOC: where the image labels come from (the XML, or the masks)
+        d = read_json(prepared)
+        for k in DATA_PROTOCOL_KEYS:
+            if isinstance(d, dict) and k in d:
+                rows.append({"file": "data/VOC2012/prepare_report.json", "key": k, "value": str(d[k])})
     for kind in ("cam", "pseudo", "rw", "seg", "ss"):
         for name, d in getattr(exp, kind).items():
             stem = {"pseudo": f"pseudo_{name}_crf", "rw": f"pseudo_{name}_rw", "ss": f"seg_single_stage_{name}"}.get(
@@ -376,7 +387,8 @@ def protocol(exp: Experiment) -> Table:
     return Table(
         "protocol",
         "Evaluation protocol of every number",
-        "The 'protocol' object of each metric file, flattened (split, scales, flip, threshold selection, ...).",
+        "The 'protocol' object of each metric file, flattened (split, scales, flip, threshold selection, ...); "
+        "for real VOC, first, where the dataset's image labels come from (prepare_report.json).",
         pd.DataFrame(rows, columns=["file", "key", "value"]),
     )
 
