@@ -49,9 +49,10 @@ def test_hide_sets_the_masked_pixels_to_the_fill_in_every_channel():
     x = torch.randn(2, 3, 4, 5)
     m = torch.zeros(2, 4, 5, dtype=torch.bool)
     m[1, 2:, :3] = True
+    before = x.clone()
     out = hs.hide(x, m)
     assert (out[1, :, 2:, :3] == 0).all() and torch.equal(out[0], x[0]) and torch.equal(out[1, :, :2], x[1, :, :2])
-    assert torch.equal(x, x.clone()) and not torch.equal(out, x)  # a new tensor
+    assert torch.equal(x, before) and not torch.equal(out, x)  # a new tensor: the input is left as it was
     with pytest.raises(ValueError, match="does not fit"):
         hs.hide(x, m[:, :3])
     with pytest.raises(ValueError, match="patch sizes"):

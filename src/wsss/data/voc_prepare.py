@@ -143,13 +143,7 @@ def _link_tree(src: Path, dst: Path, mode: str) -> str:
             return "symlink"
         except OSError:
             mode = "hardlink"
-    dst.mkdir()
-    used = mode
-    for f in sorted(src.iterdir()):
-        if not f.is_file():
-            continue
-        used = _link_file(f, dst / f.name, used)
-    return used
+    return _link_files([(src, None)], dst, mode)
 
 
 def _link_files(sources: list[tuple[Path, list[str] | None]], dst: Path, mode: str) -> str:

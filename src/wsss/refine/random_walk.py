@@ -13,17 +13,25 @@ the same walk transposed. One step: s ← T s for every class plane s ∈ R^{HW}
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from wsss import metrics
+from wsss.data import voc
 from wsss.data.datasets import normalize
+from wsss.io import load_npz, read_image, read_label_png
 
 from .affinity import neighbour_offsets, pairwise_affinity, shift_valid_mask, shifted
+from .calibration import edges
 from .crf import dense_crf
+
+log = logging.getLogger("wsss")
 
 __all__ = [
     "transition_matrix",
@@ -285,14 +293,6 @@ def walk_sweep(
     ``rw["calibration_values"]`` (IRN ``bg_score`` or PSA ``bg_power``, by ``bg_mode``) on the first ``n_images``
     of ``calibration_ids`` (the caller passes ids disjoint from the scored ones); warns when the best value is
     an end of the grid. One walk per image serves the whole grid (:func:`walked_scores`)."""
-    from tqdm import tqdm
-
-    from wsss import metrics
-    from wsss.data import voc
-    from wsss.io import load_npz, read_image, read_label_png
-
-    from .calibration import edges
-
     key = "bg_power" if rw["bg_mode"] == "psa" else "bg_score"
     values = [float(v) for v in rw["calibration_values"]]
     ids = calibration_ids[:n_images]
@@ -307,9 +307,7 @@ def walk_sweep(
     best = max(curve, key=lambda r: r["miou"])  # first best on ties: the grid's order decides
     at_edge = edges(best, {key: values})
     if at_edge:
-        import logging
-
-        logging.getLogger("wsss").warning(
+        log.warning(
             "random-walk calibration of %s: the best %s (%g) is at the edge of refine.random_walk."
             "calibration_values (%s); widen it",
             net_name,

@@ -53,7 +53,7 @@ def run(
         res = score_labels(tmp, data, scored_ids)
     trained = aff_ckpt["config"]["random_walk"]  # how the affinity net was trained (its own stage's keys)
     walk = {k: trained[k] for k in ("label_source", "stride")}
-    walk.update({k: rw[k] for k in rw if k != "calibration_values"})  # the walk's keys (its mode's background)
+    walk.update({k: rw[k] for k in rw})  # the walk's keys (the background key of its mode only)
     keys = (
         "label_source",
         "radius",

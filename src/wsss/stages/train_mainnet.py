@@ -1,6 +1,7 @@
 """Stage train_mainnet: one MainNet variant (the RCM / MAM ablation; ``baseline`` is the fair control, ``puzzle``
-and ``hide_and_seek`` the positive controls), trained from the frozen SupportNet (:class:`wsss.methods.mainnet.MainNetObjective`). MainNet has SupportNet's architecture
-(the backbone config is read from SupportNet's checkpoint) and, with ``mainnet.init_from_supportnet``, its weights.
+and ``hide_and_seek`` the positive controls), trained from the frozen SupportNet
+(:class:`wsss.methods.mainnet.MainNetObjective`). MainNet has SupportNet's architecture (the backbone config is
+read from SupportNet's checkpoint) and, with ``mainnet.init_from_supportnet``, its weights.
 """
 
 from __future__ import annotations
