@@ -402,3 +402,16 @@ def test_the_protocol_table_says_where_the_image_labels_come_from(exp: Path) -> 
         "label_convention": "the classes of each mask",
     }
     assert len(df) > len(rows)  # the metric files' rows are still there
+
+
+def test_files_outside_the_run_are_named_by_their_full_path(tmp_path: Path) -> None:
+    """The protocol table names the dataset's prepare_report.json relative to results/<name> (the seed folder's
+    parent in a multi-seed run), and by its full path when the data lies elsewhere (a typed path would lie)."""
+    from wsss.report.inputs import Experiment
+
+    run_dir = tmp_path / "results" / "r"
+    seeded = Experiment(run_dir / "seed0", [], [], [], data_dir=run_dir / "data", seed=0)
+    assert seeded.rel_path(seeded.data_root / "prepare_report.json") == "data/VOC2012/prepare_report.json"
+    assert seeded.rel("cam_supportnet") == "seed0/metrics/cam_supportnet.json"
+    elsewhere = Experiment(run_dir, [], [], [], data_dir=tmp_path / "shared" / "data")
+    assert elsewhere.rel_path(elsewhere.data_root / "x.json") == str(tmp_path / "shared" / "data" / "VOC2012" / "x.json")

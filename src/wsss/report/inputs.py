@@ -77,6 +77,14 @@ class Experiment:
     def data_root(self) -> Path:
         return (self.data_dir or self.root / "data") / "VOC2012"
 
+    def rel_path(self, path: Path) -> str:
+        """``path`` as the report names files: relative to results/<name> (the seed folder's parent), else as is."""
+        base = self.root.parent if self.seed is not None else self.root
+        try:
+            return Path(path).resolve().relative_to(base.resolve()).as_posix()
+        except ValueError:
+            return str(path)
+
     def rel(self, stem: str) -> str:
         prefix = f"{self.root.name}/" if self.seed is not None else ""
         return f"{prefix}metrics/{stem}.json"

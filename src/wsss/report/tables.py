@@ -376,7 +376,7 @@ def protocol(exp: Experiment) -> Table:
         d = read_json(prepared)
         for k in DATA_PROTOCOL_KEYS:
             if isinstance(d, dict) and k in d:
-                rows.append({"file": "data/VOC2012/prepare_report.json", "key": k, "value": str(d[k])})
+                rows.append({"file": exp.rel_path(prepared), "key": k, "value": str(d[k])})
     for kind in ("cam", "pseudo", "rw", "seg", "ss"):
         for name, d in getattr(exp, kind).items():
             stem = {"pseudo": f"pseudo_{name}_crf", "rw": f"pseudo_{name}_rw", "ss": f"seg_single_stage_{name}"}.get(
