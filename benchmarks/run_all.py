@@ -128,7 +128,7 @@ def bench_cam(n: int = 100) -> dict:
     import torch
 
     from wsss import config, registry
-    from wsss.data.voc import ImageDataset
+    from wsss.data.datasets import ImageDataset
     from wsss.models.cam_net import load_cam_net, multiscale_cam
     from wsss.stages import extract_cams
 
@@ -294,6 +294,7 @@ TARGETS = [
     ("e2e_default", "embedded default end to end (2 cores)", "from_scratch_s", "<= 1200 s"),
     ("e2e_default", "no-change re-run (default)", "no_change_rerun_s", "<= 10 s"),
     ("e2e_ablation_v2", "five-seed ablation on benchmark v2 end to end (2 cores)", "from_scratch_s", "-"),
+    ("e2e_ablation_v2_noctx", "the same without co-occurring context (2 cores)", "from_scratch_s", "-"),
     ("e2e_smoke", "smoke config end to end", "from_scratch_s", "-"),
     ("e2e_smoke", "no-change re-run (smoke)", "no_change_rerun_s", "<= 10 s"),
     ("rerun", "no-change re-run of results/default", "no_change_rerun_s", "<= 10 s"),
@@ -302,6 +303,39 @@ TARGETS = [
     ("crf", "same ratio for pure-Python integer work (the machine's ceiling)", "cpu_ceiling_speedup", "-"),
     ("miou", "mIoU evaluation (MPix/s)", "megapixels_per_s", "-"),
 ]
+
+
+def _earlier_figures(doc: Path) -> dict[str, str]:
+    """label -> value of the figures table of an existing docs/performance.md (values of this script's own earlier
+    output, never typed in), for figures whose JSON this checkout lacks; without a marker of its own."""
+    if not doc.is_file():
+        return {}
+    out = {}
+    for line in doc.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[1] not in ("value", "---", "not measured"):
+            out[cells[0]] = cells[1].split(" (earlier run")[0]
+        if line.startswith("Random walk") or line.startswith("Where the time goes"):
+            break
+    return out
+
+
+def _earlier_block(doc: Path, head: str) -> list[str]:
+    """The block (heading line to the end of its table) of an existing docs/performance.md that starts with
+    ``head``, marked as an earlier run's, for a benchmark whose JSON this checkout lacks; [] when there is none."""
+    if not doc.is_file():
+        return []
+    text = doc.read_text().splitlines()
+    for i, line in enumerate(text):
+        if line.startswith(head):
+            j = i + 1
+            while j < len(text) and (not text[j].strip() or text[j].startswith("|")):
+                if not text[j].strip() and j > i + 2 and text[j - 1].startswith("|"):
+                    break
+                j += 1
+            first = line if "(earlier run" in line else line.rstrip(":") + " (earlier run; no JSON here):"
+            return ["", first, *text[i + 1 : j]]
+    return []
 
 
 def write_doc() -> Path:
@@ -314,12 +348,18 @@ def write_doc() -> Path:
         "| figure | value | target |",
         "|---|---|---|",
     ]
+    earlier = _earlier_figures(REPO / "docs" / "performance.md")
     for name, label, key, target in TARGETS:
         f = OUT / f"{name}.json"
-        value = json.loads(f.read_text()).get(key, "—") if f.is_file() else "not measured"
+        if f.is_file():
+            value = json.loads(f.read_text()).get(key, "—")
+        else:  # kept from the doc being replaced, and said so (its JSON predates committed benchmark files)
+            value = f"{earlier[label]} (earlier run; no JSON here)" if label in earlier else "not measured"
         lines.append(f"| {label} | {value} | {target} |")
     rw = OUT / "rw.json"
-    if rw.is_file():
+    if not rw.is_file():
+        lines += _earlier_block(REPO / "docs" / "performance.md", "Random walk")
+    else:
         lines += [
             "",
             "Random walk (radius 5, 256 steps, one thread; target: 512² within 4 GiB):",
@@ -329,9 +369,11 @@ def write_doc() -> Path:
         ]
         for r in json.loads(rw.read_text())["rows"]:
             lines.append(f"| {r['size']}² | {r['random_walk_s']} | {r['peak_rss_mib']} | {r['dense_fp32_gib']} |")
-    for name in ("e2e_default", "e2e_ablation_v2", "e2e_smoke"):
+    for name in ("e2e_default", "e2e_ablation_v2", "e2e_ablation_v2_noctx", "e2e_smoke"):
         f = OUT / f"{name}.json"
         rules = json.loads(f.read_text()).get("per_rule_s") if f.is_file() else None
+        if not f.is_file():
+            lines += _earlier_block(REPO / "docs" / "performance.md", f"Where the time goes ({name};")
         if rules:
             lines += [
                 "",
@@ -358,7 +400,11 @@ def write_doc() -> Path:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="config/config.yaml")
-    p.add_argument("--only", default="rerun,crf,miou,cam,e2e_smoke,rw")
+    p.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated benchmarks (default: rerun,crf,miou,cam,e2e_smoke,rw; none with --doc alone)",
+    )
     p.add_argument("--doc", action="store_true", help="render docs/performance.md from the JSON files")
     p.add_argument(
         "--keep",
@@ -369,12 +415,18 @@ def main() -> int:
         "--from-log",
         nargs=2,
         metavar=("NAME", "LOG"),
-        help="record e2e figures NAME (e2e_default, e2e_ablation_v2) from the Snakemake log of a finished run",
+        help="record e2e figures NAME (e2e_default, e2e_ablation_v2, e2e_ablation_v2_noctx) from the Snakemake log of a finished run",
     )
     a = p.parse_args()
+    if a.only is None:
+        a.only = "" if a.doc else "rerun,crf,miou,cam,e2e_smoke,rw"
     if a.from_log:
         name, log = a.from_log
-        config = {"e2e_default": "config/config.yaml", "e2e_ablation_v2": "config/ablation-v2.yaml"}[name]
+        config = {
+            "e2e_default": "config/config.yaml",
+            "e2e_ablation_v2": "config/ablation-v2.yaml",
+            "e2e_ablation_v2_noctx": "config/ablation-v2-noctx.yaml",
+        }[name]
         write_json(OUT / f"{name}.json", from_log(config, log))
         a.only = ""
     benches = {

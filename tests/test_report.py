@@ -414,4 +414,6 @@ def test_files_outside_the_run_are_named_by_their_full_path(tmp_path: Path) -> N
     assert seeded.rel_path(seeded.data_root / "prepare_report.json") == "data/VOC2012/prepare_report.json"
     assert seeded.rel("cam_supportnet") == "seed0/metrics/cam_supportnet.json"
     elsewhere = Experiment(run_dir, [], [], [], data_dir=tmp_path / "shared" / "data")
-    assert elsewhere.rel_path(elsewhere.data_root / "x.json") == str(tmp_path / "shared" / "data" / "VOC2012" / "x.json")
+    assert elsewhere.rel_path(elsewhere.data_root / "x.json") == str(
+        tmp_path / "shared" / "data" / "VOC2012" / "x.json"
+    )
