@@ -167,6 +167,8 @@ def _changed(value, schema: dict):
     if kind == "boolean":
         return not value
     if kind == "integer":
+        if value is None:  # a nullable integer at its null default
+            return schema.get("minimum", 0) + 1
         hi = schema.get("maximum")
         return value - 1 if hi is not None and value + 1 > hi else value + 1
     if kind == "number":

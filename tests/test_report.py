@@ -402,6 +402,16 @@ def test_the_protocol_table_says_where_the_image_labels_come_from(exp: Path) -> 
         "label_convention": "the classes of each mask",
     }
     assert len(df) > len(rows)  # the metric files' rows are still there
+    # a subset named by data.voc.max_ids_per_split: its rule and counts in one row
+    report.update(counts={"train": 300, "val": 271, "labelled_images": 571})
+    report["subset"] = {"rule": "first N ids", "max_ids_per_split": 300, "source_counts": {"train": 546, "val": 271}}
+    write_json(exp / "data" / "VOC2012" / "prepare_report.json", report)
+    df = table(run(exp), "protocol")
+    rows = df[df["file"] == "data/VOC2012/prepare_report.json"]
+    assert (
+        dict(zip(rows["key"], rows["value"]))["subset"]
+        == "first 300 ids of each split list (train 300 of 546, val 271 of 271)"
+    )
 
 
 def test_files_outside_the_run_are_named_by_their_full_path(tmp_path: Path) -> None:

@@ -337,3 +337,143 @@ def test_real_voc_photographs_without_annotations_get_irns_labels(tmp_path):
     assert {i: sorted(VOC_CLASSES[c] for c in cs) for i, cs in labels.items()} == {i: sorted(n) for i, n in irn.items()}
     assert stat.S_IMODE((tmp_path / "VOC2012").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "VOC2012" / "labels.json").stat().st_mode) == 0o644
+
+
+# ------------------------------------------------------------------------------ issue 15: a subset named by a rule
+
+
+def _reordered(voc, dst):
+    """A copy of the extracted VOC whose split lists are in reverse order (the rule keeps a list's own order)."""
+    shutil.copytree(voc, dst)
+    lists = dst / "ImageSets" / "Segmentation"
+    for split, ids in (("train", VOC_TRAIN), ("val", VOC_VAL)):
+        (lists / f"{split}.txt").write_text("".join(f"{i}\n" for i in reversed(ids)))
+    return dst
+
+
+def test_max_ids_per_split_keeps_the_first_ids_of_each_list(extracted, tmp_path):
+    """The first N ids of train and val in their lists' order; train_aug holds the kept train (+ the first other
+    ids, sorted) and no val id; labels, SBD masks and required files only for the kept ids; the rule and the counts
+    before and after in prepare_report.json; N >= every list gives the uncut folder."""
+    voc, sbd = extracted
+    src = _reordered(voc, tmp_path / "VOC2012")
+    out = tmp_path / "out2"
+    report = prepare_voc(src, sbd, out, max_ids_per_split=2)
+    train, val = VOC_TRAIN[::-1][:2], VOC_VAL[::-1][:2]
+    assert read_split(out, "train") == train and read_split(out, "val") == val
+    assert read_split(out, "train_aug") == sorted(train)  # N = 2: the kept train ids alone
+    assert set(load_labels(out)) == set(train) | set(val)
+    assert report["counts"] == {
+        "train": 2,
+        "val": 2,
+        "train_aug": 2,
+        "sbd_train": 4,
+        "sbd_val": 3,
+        "labelled_images": 4,
+    }
+    assert report["subset"]["max_ids_per_split"] == 2 and "first N ids" in report["subset"]["rule"]
+    assert report["subset"]["source_counts"] == {"train": 3, "val": 3, "train_aug": 6}
+    assert json.loads((out / "prepare_report.json").read_text())["subset"] == report["subset"]
+
+    report = prepare_voc(src, sbd, tmp_path / "out4", max_ids_per_split=4)
+    aug = read_split(tmp_path / "out4", "train_aug")
+    assert aug == sorted(VOC_TRAIN + ["2010_000100"])  # all 3 train ids + the first SBD-only id (sorted order)
+    assert not set(aug) & set(VOC_VAL) and set(read_split(tmp_path / "out4", "train")) <= set(aug)
+    assert report["segmentation_class_aug"]["from_sbd"] == 3  # 2007_000033, 2007_000039, 2010_000100 only
+    assert set(load_labels(tmp_path / "out4")) == set(aug) | set(VOC_VAL)
+
+    whole = prepare_voc(voc, sbd, tmp_path / "all", max_ids_per_split=100)
+    assert {s: read_split(tmp_path / "all", s) for s in ("train", "val", "train_aug")} == {
+        "train": VOC_TRAIN,
+        "val": VOC_VAL,
+        "train_aug": TRAIN_AUG,
+    }
+    assert whole["counts"] == {**whole["subset"]["source_counts"], "sbd_train": 4, "sbd_val": 3, "labelled_images": 9}
+    assert prepare_voc(voc, sbd, tmp_path / "uncut")["subset"] is None
+
+
+def test_only_the_kept_ids_need_their_files(extracted, tmp_path):
+    """A folder missing the image (and XML) of an id the rule drops is prepared; without the rule it is refused."""
+    voc, _ = extracted
+    src = tmp_path / "VOC2012"
+    shutil.copytree(voc, src)
+    dropped = VOC_TRAIN[-1]
+    (src / "JPEGImages" / f"{dropped}.jpg").unlink()
+    (src / "Annotations" / f"{dropped}.xml").unlink()
+    report = prepare_voc(src, None, tmp_path / "out", max_ids_per_split=2)
+    assert read_split(tmp_path / "out", "train") == VOC_TRAIN[:2] and report["counts"]["labelled_images"] == 4
+    with pytest.raises(WsssInputError, match=f"{dropped}.jpg"):
+        prepare_voc(src, None, tmp_path / "out_all")
+
+
+def test_expect_counts_checks_the_source_lists_before_the_cut(extracted, tmp_path):
+    """expect_counts verifies the lists as downloaded, not the cut ones; the message names both keys."""
+    voc, sbd = extracted
+    with pytest.raises(WsssInputError) as e:
+        prepare_voc(voc, sbd, tmp_path / "out", expect_counts=True, max_ids_per_split=2)
+    msg = str(e.value)
+    assert "train: 3 ids, expected 1464" in msg  # the source count, not the kept 2
+    assert "data.voc.max_ids_per_split = 2" in msg and "data.voc.expect_counts: false" in msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_rule_cuts_the_test_split_too(extracted, tmp_path):
+    voc, _ = extracted
+    test = _test_images(
+        tmp_path / "test" / "VOC2012", ["2012_900001", "2012_900002"], voc / "JPEGImages" / "2011_000200.jpg"
+    )
+    (test / "JPEGImages" / "2012_900002.jpg").unlink()  # dropped by the rule: not needed
+    report = prepare_voc(voc, None, tmp_path / "out", test_root=test, max_ids_per_split=1)
+    assert read_split(tmp_path / "out", "test") == ["2012_900001"] and report["counts"]["test"] == 1
+    assert report["subset"]["source_counts"]["test"] == 2
+
+
+def test_the_stage_reads_max_ids_per_split_from_its_declaration(extracted, tmp_path):
+    """data.voc.max_ids_per_split is a declared key of prepare_voc (its change re-runs exactly that stage and what
+    follows, tests/test_registry.py) and reaches prepare_voc through the CLI."""
+    import yaml
+
+    from wsss import cli, config, registry
+
+    voc, _ = extracted
+    raw = {
+        "data": {"source": "voc", "voc": {"extracted_root": str(voc), "expect_counts": False, "max_ids_per_split": 1}}
+    }
+    cfg = config.validate(raw)
+    assert "data.voc.max_ids_per_split" in registry.STAGES["prepare_voc"].keys(cfg, {})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    out, metrics = tmp_path / "data" / "VOC2012", tmp_path / "data.json"
+    argv = ["prepare_voc", "--config", str(tmp_path / "c.yaml"), "--voc", str(voc), "--data", str(out)]
+    assert cli.main([*argv, "--metrics", str(metrics)]) == 0
+    assert read_split(out, "train") == VOC_TRAIN[:1] and read_split(out, "val") == VOC_VAL[:1]
+    assert json.loads(metrics.read_text())["subset"]["max_ids_per_split"] == 1
+
+
+def test_the_rule_on_the_real_voc_photographs(tmp_path):
+    """../shared's 817 real images under config/voc-cpu.yaml's rule: the first N train ids (of 546) in train.txt's
+    order, the first N val ids (of 271), labels for those only, equal to IRN's: the same rule as on a full download."""
+    from pathlib import Path
+
+    import yaml
+
+    from wsss.data.voc import VOC_CLASSES
+
+    repo = Path(__file__).resolve().parents[1]
+    root = Path(os.environ.get("WSSS_VOC_MINI", repo.parent / "shared/data/voc2012-mini")) / "VOC2012"
+    if not (root / "image_labels_irn.json").is_file():
+        pytest.skip(f"real VOC subset not found at {root} (set WSSS_VOC_MINI to the voc2012-mini folder)")
+    n = yaml.safe_load((repo / "config/voc-cpu.yaml").read_text())["data"]["voc"]["max_ids_per_split"]
+    lists = {s: (root / f"ImageSets/Segmentation/{s}.txt").read_text().split() for s in ("train", "val")}
+    kept = {s: ids[:n] for s, ids in lists.items()}
+    report = prepare_voc(root, None, tmp_path / "VOC2012", max_ids_per_split=n)
+    out = tmp_path / "VOC2012"
+    assert {s: read_split(out, s) for s in kept} == kept and len(kept["train"]) == min(n, 546)
+    assert report["counts"] == {
+        **{s: len(ids) for s, ids in kept.items()},
+        "labelled_images": sum(map(len, kept.values())),
+    }
+    assert report["subset"]["source_counts"] == {"train": 546, "val": 271} and report["label_source"] == "mask"
+    labels = load_labels(out)
+    irn = json.loads((root / "image_labels_irn.json").read_text())
+    assert set(labels) == set(kept["train"]) | set(kept["val"])
+    assert {i: sorted(VOC_CLASSES[c] for c in cs) for i, cs in labels.items()} == {i: sorted(irn[i]) for i in labels}

@@ -247,6 +247,39 @@ def check_batches(cfg: dict, source: str = "config") -> None:
                 )
 
 
+#: The keys that say where the input data lies on this machine: the only ones ``snakemake --config`` may set, e.g.
+#: ``--config 'data={voc: {extracted_root: ../shared/data/voc2012-mini/VOC2012}}'``. No stage's config slice holds
+#: them (they fill the path templates of the data stage's inputs, :func:`wsss.registry.tokens`; the report, which
+#: prints the whole config, shows them), so every job computes from the config file's values and the data itself.
+LOCATION_KEYS = ("data.voc.extracted_root", "data.voc.sbd_extracted_root", "data.voc.test_extracted_root")
+
+
+def _differences(a: Any, b: Any, path: tuple = ()):
+    """Dotted keys whose values differ between two configs (leaves; a key present in one only counts)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if k not in a or k not in b:
+                yield ".".join(path + (str(k),))
+            else:
+                yield from _differences(a[k], b[k], path + (str(k),))
+    elif a != b:
+        yield ".".join(path)
+
+
+def with_locations(file_cfg: dict, given: dict, source: str = "config") -> dict:
+    """The run's config: ``file_cfg`` (the config file, validated) with the data locations (:data:`LOCATION_KEYS`)
+    of ``given`` (the config Snakemake holds after ``--config``, validated). Any other difference is refused: it
+    would bypass the config file (and DVC, which reads the file)."""
+    other = [k for k in _differences(file_cfg, given) if k not in LOCATION_KEYS]
+    if other:
+        raise WsssInputError(
+            f"the config in memory differs from {source} in {', '.join(other[:5])}: overrides given with --config "
+            "do not reach the stages; write them in a config file and pass it with --configfile (--config may set "
+            f"only where the data lies: {', '.join(LOCATION_KEYS)})"
+        )
+    return given
+
+
 def get(cfg: dict, dotted: str) -> Any:
     node: Any = cfg
     for part in dotted.split("."):

@@ -306,7 +306,13 @@ _declare(
         "prepare_voc",
         "data",
         "VOC 2012 (+ SBD, + the test images) in the dataset layout: splits, image labels, SBD masks",
-        keys=_static("data.source", "data.voc.expect_counts", "data.voc.cross_check", "data.voc.link_mode"),
+        keys=_static(
+            "data.source",
+            "data.voc.expect_counts",
+            "data.voc.cross_check",
+            "data.voc.link_mode",
+            "data.voc.max_ids_per_split",
+        ),
         inputs={
             "voc": File("{voc_root}"),
             "sbd": File("{sbd_root}", when=lambda c, w: c["data"]["source"] == "voc_sbd"),

@@ -28,15 +28,12 @@ validate(config, str(wconfig.SCHEMA_PATH))
 report: "../report/workflow.rst"
 
 
-# Values given with `--config key=value` would bypass the config file (and DVC): refuse them.
+# Values given with `--config key=value` would bypass the config file (and DVC): refuse them, except the keys that
+# say where the data lies on this machine (wsss.config.LOCATION_KEYS, e.g. data.voc.extracted_root), which no
+# stage's config slice holds.
 CONFIGFILE = os.path.relpath(workflow.configfiles[0])
-CFG = wconfig.load(CONFIGFILE)
+CFG = wconfig.with_locations(wconfig.load(CONFIGFILE), wconfig.validate(dict(config)), source=CONFIGFILE)
 wconfig.check_batches(CFG, source=CONFIGFILE)
-if wconfig.validate(dict(config)) != CFG:
-    raise ValueError(
-        f"the config in memory differs from {CONFIGFILE}: overrides given with --config do not reach the stages; "
-        "write them in a config file and pass it with --configfile"
-    )
 
 # Every stage job reads its config slice from results/<name>/params/<slice>.json, written by rule `config` from
 # the values Snakemake read when it built this DAG: one snapshot of the config per run, and a key's change rewrites

@@ -15,7 +15,13 @@ Output ``out_root`` (read by every later stage, like the synthetic dataset):
   ``truncated`` objects included: irn:voc12/make_cls_labels.py), for train_aug ∪ val ∪ train; a VOC folder
   without ``Annotations/`` gets the classes of each image's mask instead (``label_source`` "mask", logged);
 * ``label_disagreements.json``: ids whose XML classes differ from the classes in their mask, never dropped;
-* ``prepare_report.json``: counts, conventions (where the labels come from), sources.
+* ``prepare_report.json``: counts, conventions (where the labels come from), sources, and the subset rule.
+
+``max_ids_per_split`` (config ``data.voc.max_ids_per_split``) names a subset by a rule rather than by a file list:
+only the first N ids of each split list are written, in the list's own order (:data:`SUBSET_RULE`), so the same
+config gives the same subset on a full VOC 2012 download and on a folder that holds part of it. The checks of the
+source lists (train/val overlap, ``expect_counts``, test ids within trainval) run before the cut; the images,
+masks and labels are those of the kept ids only.
 
 The folder is written atomically (temporary sibling renamed into place). Copies (``link_mode`` copy, or where
 links fail) get the modes of the umask, not those of the source; hard links and symlinks show the source's.
@@ -52,6 +58,12 @@ MASK_PRECEDENCE = (
     "where VOC has a mask (VOC takes precedence)"
 )
 _VOC_DIRS = ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation")  # Annotations/ is optional
+SUBSET_RULE = (
+    "the first N ids of each split list in its own order (VOC ImageSets/Segmentation train.txt, val.txt; test.txt "
+    "when given); train_aug = the kept train ids and the first of its other ids in sorted order, N in all, listed "
+    "sorted like the full train_aug (so the kept train lies within it and no VOC val id enters it); the source "
+    "lists are checked before the cut"
+)
 
 
 # --------------------------------------------------------------------------------------- VOC root
@@ -181,15 +193,40 @@ def _link_file(src: Path, dst: Path, mode: str) -> str:
 # ------------------------------------------------------------------------------------------ prepare
 
 
-def _check_counts(counts: dict[str, int]) -> None:
+def _check_counts(counts: dict[str, int], max_ids_per_split: int | None = None) -> None:
     bad = [f"{s}: {counts[s]} ids, expected {n}" for s, n in EXPECTED_COUNTS.items() if s in counts and counts[s] != n]
     if bad:
+        cut = (
+            f" (data.voc.max_ids_per_split = {max_ids_per_split} cuts the lists only after this check, so a folder "
+            "that is itself a subset needs data.voc.expect_counts: false)"
+            if max_ids_per_split is not None
+            else ""
+        )
         raise WsssInputError(
             "split sizes differ from the real PASCAL VOC 2012 + SBD ("
             + "; ".join(bad)
             + "). The archives are incomplete or not the published ones: re-fetch VOCtrainval_11-May-2012.tar and "
-            "benchmark.tgz (md5-checked), or set expect_counts false for a custom subset"
+            "benchmark.tgz (md5-checked), or set expect_counts false for a custom subset" + cut
         )
+
+
+def subset_splits(splits: dict[str, list[str]], n: int | None) -> dict[str, list[str]]:
+    """The split lists cut by :data:`SUBSET_RULE` (``n`` ids each; ``None`` = unchanged).
+
+    ``train_aug`` holds the kept ``train`` ids, then the first of its other ids in its own (sorted) order, ``n`` in
+    all, listed sorted as the full list (an ``n`` that keeps every id gives the list unchanged); it only ever drops
+    ids, so it stays disjoint from the whole VOC val list.
+    """
+    if n is None:
+        return {s: list(ids) for s, ids in splits.items()}
+    if n < 1:
+        raise WsssInputError(f"data.voc.max_ids_per_split = {n}: keep at least one id per split (or null: all)")
+    out = {s: list(ids[:n]) for s, ids in splits.items() if s != "train_aug"}
+    if "train_aug" in splits:
+        kept = set(out.get("train", []))
+        others = [i for i in splits["train_aug"] if i not in kept]
+        out["train_aug"] = sorted(kept | set(others[: max(0, n - len(kept))]))
+    return out
 
 
 def _missing(paths: list[Path], what: str, hint: str) -> None:
@@ -208,6 +245,7 @@ def prepare_voc(
     expect_counts: bool = False,
     cross_check: bool = True,
     link_mode: str = "symlink",
+    max_ids_per_split: int | None = None,
 ) -> dict[str, Any]:
     """Build ``out_root`` (see the module docstring) and return the report also written to ``prepare_report.json``.
 
@@ -216,7 +254,8 @@ def prepare_voc(
     ``voc_root`` itself, where both archives were extracted into one VOCdevkit): it adds the test split, images
     only; ``None`` gives none. ``expect_counts`` checks 1,464 / 1,449 / 10,582. ``cross_check`` compares XML
     classes with mask classes. ``link_mode``: symlink | hardlink | copy. Without ``Annotations/`` the image labels
-    are the classes of the masks (logged; ``label_source`` "mask" in the report).
+    are the classes of the masks (logged; ``label_source`` "mask" in the report). ``max_ids_per_split`` keeps the
+    first N ids of each split (:func:`subset_splits`); ``expect_counts`` checks the lists before that cut.
     """
     if link_mode not in ("symlink", "hardlink", "copy"):
         raise WsssInputError(f"link_mode {link_mode!r}: use symlink, hardlink or copy")
@@ -236,30 +275,41 @@ def prepare_voc(
         sbd_counts = {"sbd_train": len(set(sbd_train)), "sbd_val": len(set(sbd_val))}
         sbd_ids = sorted(set(sbd_train) | set(sbd_val))
         splits["train_aug"] = sorted((set(sbd_train) | set(sbd_val) | set(train)) - set(val))
-    counts = {s: len(ids) for s, ids in splits.items()}
-    if expect_counts:
-        _check_counts(counts)
-
-    all_ids = sorted(set().union(*splits.values()))  # the labelled ids (the test split has no labels)
-    _missing([voc / "JPEGImages" / f"{i}.jpg" for i in all_ids], "JPEG images", f"re-extract VOC into {voc}")
-    _missing([voc / "SegmentationClass" / f"{i}.png" for i in train + val], "VOC masks", f"re-extract VOC into {voc}")
+    if expect_counts:  # the source lists, before any cut: a full download is verified as published
+        _check_counts({s: len(ids) for s, ids in splits.items()}, max_ids_per_split)
     test_voc: Path | None = None
     if test_root is not None:
         test_voc, test_ids = read_test_images(test_root)
         test_list = test_voc / "ImageSets" / "Segmentation" / "test.txt"
-        shared = sorted(set(test_ids) & set(all_ids))
+        shared = sorted(set(test_ids) & set().union(*splits.values()))
         if shared:
             raise WsssInputError(
                 f"{test_list}: {len(shared)} test ids are also in the train/val lists (first {shared[:5]}); "
                 "data.voc.test_extracted_root must hold VOC2012test.tar's images and test list"
             )
+        splits["test"] = test_ids
+    source_counts = {s: len(ids) for s, ids in splits.items()}
+    splits = subset_splits(splits, max_ids_per_split)
+    train, val = splits["train"], splits["val"]
+    counts = {s: len(ids) for s, ids in splits.items()}
+    if max_ids_per_split is not None:
+        sbd_ids = sorted(set(sbd_ids) & set(splits.get("train_aug", [])))  # convert only the SBD masks kept
+        log.info(
+            "data.voc.max_ids_per_split = %d: kept %s of the source lists' %s ids",
+            max_ids_per_split,
+            counts,
+            source_counts,
+        )
+
+    all_ids = sorted(set().union(*(ids for s, ids in splits.items() if s != "test")))  # the test split has no labels
+    _missing([voc / "JPEGImages" / f"{i}.jpg" for i in all_ids], "JPEG images", f"re-extract VOC into {voc}")
+    _missing([voc / "SegmentationClass" / f"{i}.png" for i in train + val], "VOC masks", f"re-extract VOC into {voc}")
+    if test_voc is not None:
         _missing(
-            [test_voc / "JPEGImages" / f"{i}.jpg" for i in test_ids],
+            [test_voc / "JPEGImages" / f"{i}.jpg" for i in splits["test"]],
             "test JPEG images",
             f"re-extract VOC2012test.tar into {test_voc}",
         )
-        splits["test"] = test_ids
-        counts["test"] = len(test_ids)
 
     label_source = "xml" if (voc / "Annotations").is_dir() else "mask"
     labels: dict[str, list[int]] = {}
@@ -357,6 +407,11 @@ def prepare_voc(
             "counts": {**counts, **sbd_counts, "labelled_images": len(labels)},
             "expected_counts": dict(EXPECTED_COUNTS),
             "counts_checked": bool(expect_counts),
+            "subset": (
+                None
+                if max_ids_per_split is None
+                else {"rule": SUBSET_RULE, "max_ids_per_split": int(max_ids_per_split), "source_counts": source_counts}
+            ),
             "train_aug_rule": "(SBD train ∪ SBD val ∪ VOC train) − VOC val" if sbd_root is not None else None,
             "label_source": label_source,
             "label_convention": LABEL_CONVENTION if label_source == "xml" else MASK_LABEL_CONVENTION,

@@ -20,6 +20,8 @@ __all__ = ["AffinityNet", "affinity_net_from_config", "load_affinity_net"]
 
 
 def _layer_channels(layer: nn.Sequential) -> int:
+    if hasattr(layer, "out_channels"):  # EfficientNet-Lite0's layers (wsss.models.backbones) say it
+        return int(layer.out_channels)
     last = layer[-1]
     bn = last.bn3 if hasattr(last, "bn3") else last.bn2  # Bottleneck / BasicBlock
     return int(bn.num_features)

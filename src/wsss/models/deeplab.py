@@ -145,6 +145,8 @@ class DeepLabV3Plus(nn.Module):
 
 
 def _layer_out_channels(layer: nn.Sequential) -> int:
+    if hasattr(layer, "out_channels"):  # EfficientNet-Lite0's layers (wsss.models.backbones) say it
+        return int(layer.out_channels)
     last = layer[-1]
     bn = last.bn3 if hasattr(last, "bn3") else last.bn2  # Bottleneck / BasicBlock
     return int(bn.num_features)

@@ -377,6 +377,12 @@ def protocol(exp: Experiment) -> Table:
         for k in DATA_PROTOCOL_KEYS:
             if isinstance(d, dict) and k in d:
                 rows.append({"file": exp.rel_path(prepared), "key": k, "value": str(d[k])})
+        subset = d.get("subset") if isinstance(d, dict) else None
+        if isinstance(subset, dict):  # data.voc.max_ids_per_split: how many of the source lists' ids were kept
+            source = subset.get("source_counts", {})
+            kept = ", ".join(f"{s} {d.get('counts', {}).get(s, '?')} of {n}" for s, n in source.items())
+            value = f"first {subset.get('max_ids_per_split')} ids of each split list ({kept})"
+            rows.append({"file": exp.rel_path(prepared), "key": "subset", "value": value})
     for kind in ("cam", "pseudo", "rw", "seg", "ss"):
         for name, d in getattr(exp, kind).items():
             stem = {"pseudo": f"pseudo_{name}_crf", "rw": f"pseudo_{name}_rw", "ss": f"seg_single_stage_{name}"}.get(
@@ -388,7 +394,7 @@ def protocol(exp: Experiment) -> Table:
         "protocol",
         "Evaluation protocol of every number",
         "The 'protocol' object of each metric file, flattened (split, scales, flip, threshold selection, ...); "
-        "for real VOC, first, where the dataset's image labels come from (prepare_report.json).",
+        "for real VOC, first, where the dataset's image labels come from and the subset rule (prepare_report.json).",
         pd.DataFrame(rows, columns=["file", "key", "value"]),
     )
 
