@@ -11,6 +11,7 @@
 - e2e_smoke: the smoke config end to end from scratch in a temporary copy, and its no-change re-run.
 - e2e_default (opt-in, ~20 min): the embedded default end to end from scratch (target <= 20 min on 2 cores).
 - e2e_ablation_v2 (opt-in, ~1 hour): issue 14's five-seed ablation on benchmark v2 (config/ablation-v2.yaml).
+- e2e_ablation_v2_noctx (opt-in, ~1.5 hours): the same without co-occurring context (config/ablation-v2-noctx.yaml).
 - rw: the sparse random walk at 128², 256², 512² (benchmarks/random_walk.py; target 512² within 4 GB).
 `--doc` renders docs/performance.md from the JSON files (figures against targets).
 """
@@ -290,6 +291,14 @@ def bench_rw() -> dict:
     return {"rows": rows, "target": "512x512 within 4 GiB"}
 
 
+# the end-to-end benchmarks: name -> (config, target seconds or None)
+E2E = {
+    "e2e_smoke": ("config/smoke.yaml", None),
+    "e2e_default": ("config/config.yaml", 1200),
+    "e2e_ablation_v2": ("config/ablation-v2.yaml", None),
+    "e2e_ablation_v2_noctx": ("config/ablation-v2-noctx.yaml", None),
+}
+
 TARGETS = [
     ("e2e_default", "embedded default end to end (2 cores)", "from_scratch_s", "<= 1200 s"),
     ("e2e_default", "no-change re-run (default)", "no_change_rerun_s", "<= 10 s"),
@@ -329,9 +338,9 @@ def _earlier_block(doc: Path, head: str) -> list[str]:
     for i, line in enumerate(text):
         if line.startswith(head):
             j = i + 1
-            while j < len(text) and (not text[j].strip() or text[j].startswith("|")):
-                if not text[j].strip() and j > i + 2 and text[j - 1].startswith("|"):
-                    break
+            while j < len(text) and not text[j].strip():  # the blank lines under the heading
+                j += 1
+            while j < len(text) and text[j].startswith("|"):  # its table
                 j += 1
             first = line if "(earlier run" in line else line.rstrip(":") + " (earlier run; no JSON here):"
             return ["", first, *text[i + 1 : j]]
@@ -369,7 +378,7 @@ def write_doc() -> Path:
         ]
         for r in json.loads(rw.read_text())["rows"]:
             lines.append(f"| {r['size']}² | {r['random_walk_s']} | {r['peak_rss_mib']} | {r['dense_fp32_gib']} |")
-    for name in ("e2e_default", "e2e_ablation_v2", "e2e_ablation_v2_noctx", "e2e_smoke"):
+    for name in ("e2e_default", "e2e_ablation_v2", "e2e_ablation_v2_noctx", "e2e_smoke"):  # E2E, in the doc's order
         f = OUT / f"{name}.json"
         rules = json.loads(f.read_text()).get("per_rule_s") if f.is_file() else None
         if not f.is_file():
@@ -415,29 +424,22 @@ def main() -> int:
         "--from-log",
         nargs=2,
         metavar=("NAME", "LOG"),
-        help="record e2e figures NAME (e2e_default, e2e_ablation_v2, e2e_ablation_v2_noctx) from the Snakemake log of a finished run",
+        help=f"record e2e figures NAME ({', '.join(E2E)}) from the Snakemake log of a finished run",
     )
     a = p.parse_args()
     if a.only is None:
         a.only = "" if a.doc else "rerun,crf,miou,cam,e2e_smoke,rw"
     if a.from_log:
         name, log = a.from_log
-        config = {
-            "e2e_default": "config/config.yaml",
-            "e2e_ablation_v2": "config/ablation-v2.yaml",
-            "e2e_ablation_v2_noctx": "config/ablation-v2-noctx.yaml",
-        }[name]
-        write_json(OUT / f"{name}.json", from_log(config, log))
+        write_json(OUT / f"{name}.json", from_log(E2E[name][0], log))
         a.only = ""
     benches = {
         "rerun": lambda: bench_rerun(a.config),
         "crf": bench_crf,
         "miou": bench_miou,
         "cam": bench_cam,
-        "e2e_smoke": lambda: bench_e2e("config/smoke.yaml", None, a.keep),
-        "e2e_default": lambda: bench_e2e("config/config.yaml", 1200, a.keep),
-        "e2e_ablation_v2": lambda: bench_e2e("config/ablation-v2.yaml", None, a.keep),
         "rw": bench_rw,
+        **{name: (lambda c=c, t=t: bench_e2e(c, t, a.keep)) for name, (c, t) in E2E.items()},
     }
     for name in filter(None, a.only.split(",")):
         result = benches[name]()

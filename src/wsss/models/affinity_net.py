@@ -14,17 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import build_backbone
+from .backbones import build_backbone, layer_out_channels
 
 __all__ = ["AffinityNet", "affinity_net_from_config", "load_affinity_net"]
-
-
-def _layer_channels(layer: nn.Sequential) -> int:
-    if hasattr(layer, "out_channels"):  # EfficientNet-Lite0's layers (wsss.models.backbones) say it
-        return int(layer.out_channels)
-    last = layer[-1]
-    bn = last.bn3 if hasattr(last, "bn3") else last.bn2  # Bottleneck / BasicBlock
-    return int(bn.num_features)
 
 
 class AffinityNet(nn.Module):
@@ -42,7 +34,7 @@ class AffinityNet(nn.Module):
         # stride 4 (ours, for small images; IRN also walks at stride 4): layer1 joins with a 32-channel projection
         self.layers = (1, 2, 3, 4) if stride == 4 else (2, 3, 4)
         dims = ((32,) + tuple(dims)) if stride == 4 else tuple(dims)
-        chans = [_layer_channels(getattr(self.backbone, f"layer{i}")) for i in self.layers]
+        chans = [layer_out_channels(getattr(self.backbone, f"layer{i}")) for i in self.layers]
         self.proj = nn.ModuleList(nn.Conv2d(c, d, kernel_size=1, bias=False) for c, d in zip(chans, dims))
         self.fuse = nn.Conv2d(sum(dims), embed_dim, kernel_size=1, bias=False)
         self.embed_dim = embed_dim

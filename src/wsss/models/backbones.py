@@ -31,6 +31,7 @@ __all__ = [
     "ResNetBackbone",
     "BACKBONES",
     "load_torchvision_weights",
+    "layer_out_channels",
     "EfficientNetLite0Backbone",
     "load_efficientnet_lite0_weights",
     "lite0_state_dict_to_timm",
@@ -387,6 +388,16 @@ def build_backbone(
     if name == "efficientnet_lite0":
         return _efficientnet_lite0(output_stride, pretrained)
     raise ValueError(f"unknown backbone {name!r}; choose from {BACKBONES}")
+
+
+def layer_out_channels(layer: nn.Sequential) -> int:
+    """Channels that a backbone's ``layerN`` outputs: its ``out_channels`` where it says so (EfficientNet-Lite0's
+    layers), else the last BatchNorm of its last ResNet block (Bottleneck ``bn3`` / BasicBlock ``bn2``)."""
+    if hasattr(layer, "out_channels"):
+        return int(layer.out_channels)
+    last = layer[-1]
+    bn = last.bn3 if hasattr(last, "bn3") else last.bn2
+    return int(bn.num_features)
 
 
 def _keep_bn_eval(module: nn.Module, args) -> None:

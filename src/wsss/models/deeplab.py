@@ -25,7 +25,7 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 from torchvision.models.segmentation import deeplabv3 as tv_deeplab
 
-from .backbones import ResNetBackbone, build_backbone, load_torchvision_weights
+from .backbones import ResNetBackbone, build_backbone, layer_out_channels, load_torchvision_weights
 
 __all__ = ["build_segmenter", "segmenter_from_config", "load_segmenter", "Segmenter", "SEGMENTERS"]
 
@@ -120,7 +120,7 @@ class DeepLabV3Plus(nn.Module):
     ):
         super().__init__()
         self.backbone = backbone
-        low_in = _layer_out_channels(backbone.layer1)
+        low_in = layer_out_channels(backbone.layer1)
         self.aspp = tv_deeplab.ASPP(backbone.out_channels, list(rates), out_channels=channels)
         self.low = nn.Sequential(
             nn.Conv2d(low_in, low_channels, 1, bias=False), nn.BatchNorm2d(low_channels), nn.ReLU()
@@ -142,14 +142,6 @@ class DeepLabV3Plus(nn.Module):
         high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)
         out = self.decoder(torch.cat([high, self.low(low)], dim=1))
         return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-
-def _layer_out_channels(layer: nn.Sequential) -> int:
-    if hasattr(layer, "out_channels"):  # EfficientNet-Lite0's layers (wsss.models.backbones) say it
-        return int(layer.out_channels)
-    last = layer[-1]
-    bn = last.bn3 if hasattr(last, "bn3") else last.bn2  # Bottleneck / BasicBlock
-    return int(bn.num_features)
 
 
 def build_segmenter(
