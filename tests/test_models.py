@@ -207,3 +207,30 @@ def test_deeplab_v2_resnet101_builds_without_weights():
     net = build_segmenter("deeplabv2_resnet101", num_classes=21, atrous_rates=(6, 12, 18, 24)).eval()
     assert net.backbone.output_stride == 8 and net.backbone.out_channels == 2048
     assert len(net.aspp.branches) == 4
+
+
+def test_new_layers_train_at_the_multiplied_rate():
+    """param_groups: the backbone at lr, the stage's new layers (classifier, projection) at lr x new_layer_lr_mult,
+    frozen parameters left out; one step of AdamW moves each group by its own rate."""
+    from wsss.engine.trainer import build_optimizer, param_groups
+
+    net = CAMNet({"name": "resnet_small", "widths": [8, 8, 8, 8], "blocks": [1, 1, 1, 1]})
+    freeze_bn(net)
+    cfg = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.0, "new_layer_lr_mult": 100.0}
+    groups = param_groups(net, cfg)
+    assert [g["lr"] for g in groups] == [1e-4, pytest.approx(1e-2)]
+    backbone_ids = {id(p) for p in net.backbone.parameters() if p.requires_grad}
+    assert {id(p) for p in groups[0]["params"]} == backbone_ids
+    assert {id(p) for p in groups[1]["params"]} == {
+        id(p) for p in [*net.classifier.parameters(), *net.proj.parameters()]
+    }
+    assert all(p.requires_grad for g in groups for p in g["params"])  # the frozen BN affine params are not there
+    opt = build_optimizer(groups, cfg)
+    before = copy.deepcopy(net.state_dict())
+    net(torch.randn(2, 3, 32, 32))["logits"].sum().backward()
+    opt.step()
+    # Adam's first step moves every weight with a gradient by ~lr (its sign): 1e-4 in the backbone, 1e-2 in the head
+    head = (net.classifier.weight - before["classifier.weight"]).abs().max().item()
+    conv = (net.backbone.stem[0].weight - before["backbone.stem.0.weight"]).abs().max().item()
+    assert head == pytest.approx(1e-2, rel=1e-3) and conv == pytest.approx(1e-4, rel=1e-3)
+    assert len(param_groups(net, {"lr": 1e-3})) == 2 and param_groups(net, {"lr": 1e-3})[1]["lr"] == 1e-3

@@ -528,6 +528,9 @@ _declare(
                 "{exp}/seed{seed}/metrics/pseudo_{net}_rw.json",
                 lambda c: _seeds(c, net=c["refine"]["random_walk"]["nets"]),
             ),
+            "rw": Gather(
+                "{exp}/seed{seed}/pseudo/{net}_rw", lambda c: _first_seed(c, net=c["refine"]["random_walk"]["nets"])
+            ),
             "affinity": Gather(
                 "{exp}/seed{seed}/metrics/train_affinity_{net}.json",
                 lambda c: _seeds(c, net=c["refine"]["random_walk"]["nets"]),

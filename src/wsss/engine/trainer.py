@@ -68,6 +68,22 @@ def config_digest(obj: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def param_groups(net: torch.nn.Module, optim_cfg: dict) -> list[dict]:
+    """The optimiser's parameter groups: ``net.backbone``'s trainable parameters at ``lr`` and every other trainable
+    parameter (the layers a stage adds: CAM classifier, projection head, ASPP / decoder, affinity and single-stage
+    heads) at ``lr * new_layer_lr_mult`` (IRN trains its new classifier at 10x the backbone's rate). A net without a
+    ``backbone`` is one group at ``lr``. Frozen parameters (``requires_grad`` False) are left out."""
+    lr, mult = optim_cfg["lr"], optim_cfg.get("new_layer_lr_mult", 1.0)
+    backbone = getattr(net, "backbone", None)
+    in_backbone = {id(p) for p in backbone.parameters()} if isinstance(backbone, torch.nn.Module) else set()
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if id(p) in in_backbone], "lr": lr},
+        {"params": [p for p in trainable if id(p) not in in_backbone], "lr": lr * mult},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def build_optimizer(params: Iterable, optim_cfg: dict) -> torch.optim.Optimizer:
     if optim_cfg["optimizer"] == "adamw":
         return torch.optim.AdamW(params, lr=optim_cfg["lr"], weight_decay=optim_cfg["weight_decay"])
@@ -371,7 +387,7 @@ def train(
     if tcfg["channels_last"]:
         net = net.to(memory_format=torch.channels_last)
     steps_per_epoch = max(1, len(dataset) // global_batch)
-    optimizer = build_optimizer(net.parameters(), tcfg)
+    optimizer = build_optimizer(param_groups(net, tcfg), tcfg)
     scheduler = build_scheduler(optimizer, tcfg, steps_per_epoch * tcfg["epochs"])
     resolved = plain(resolved)
     resolved["inputs"] = {k: path_digest(p) for k, p in sorted((inputs or {}).items()) if p is not None}

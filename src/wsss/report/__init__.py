@@ -58,7 +58,7 @@ def build_report(
         exps = [load_experiment(exp_dir, **kw)]
     exp = exps[0]
     out = Path(out_dir)
-    tables = build_tables(exp) + [ablation_over_seeds(exps), seed_spread(exps)]
+    tables = build_tables(exp, config) + [ablation_over_seeds(exps), seed_spread(exps)]
     figures, skipped_figs = make_figures(exp, out / "figures", n_qualitative)
 
     notes = [

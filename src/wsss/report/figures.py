@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from wsss.io import atomic_path, load_npz, read_image, read_label_png, voc_palette  # noqa: E402
-from wsss.report.inputs import Experiment, cam_npz, net_label, pred_png, pseudo_png, split_ids  # noqa: E402
+from wsss.report.inputs import Experiment, cam_npz, net_label, pred_png, pseudo_png, rw_png, split_ids  # noqa: E402
 
 DPI = 100
 TILE = 2.0  # inches per image tile
@@ -122,11 +122,13 @@ def qualitative_train(exp: Experiment, path: Path, n: int) -> Path | None:
     voc = exp.data_root
     cam_nets = [x for x in ("supportnet", exp.main_net()) if x and x in exp.cam]
     pnet = exp.pseudo_net()
+    rnet = pnet if pnet in exp.rw else next(iter(exp.rw), None)
+    rnet = rnet if rnet and rw_png(exp, rnet, "x").parent.is_dir() else None  # its labels, where the DAG gave them
 
     def needs(i: str) -> list[Path]:
         p = [voc / "JPEGImages" / f"{i}.jpg", voc / "SegmentationClass" / f"{i}.png"]
         p += [cam_npz(exp, c, i) for c in cam_nets]
-        return p + ([pseudo_png(exp, pnet, i)] if pnet else [])
+        return p + ([pseudo_png(exp, pnet, i)] if pnet else []) + ([rw_png(exp, rnet, i)] if rnet else [])
 
     ids = _ids_with(split_ids(exp, "train"), needs)[:n]
     if not ids:
@@ -140,8 +142,11 @@ def qualitative_train(exp: Experiment, path: Path, n: int) -> Path | None:
             row += [(f"{net_label(c)} CAM", img, {}), ("", heat, {"cmap": "jet", "alpha": 0.5, "vmin": 0, "vmax": 1})]
         if pnet:
             row.append((f"pseudo ({net_label(pnet)}+CRF)", colorize(read_label_png(pseudo_png(exp, pnet, i))), {}))
+        if rnet:
+            row.append((f"pseudo ({net_label(rnet)}+walk)", colorize(read_label_png(rw_png(exp, rnet, i))), {}))
         rows.append(row)
-    return _grid(rows, path, "Train images: CAMs (max over classes) and CRF pseudo labels")
+    what = "CRF and random-walk pseudo labels" if rnet else "CRF pseudo labels"
+    return _grid(rows, path, f"Train images: CAMs (max over classes) and {what}")
 
 
 def qualitative_val(exp: Experiment, path: Path, n: int) -> Path | None:

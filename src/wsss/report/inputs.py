@@ -199,6 +199,10 @@ def pseudo_png(exp: Experiment, net: str, image_id: str) -> Path:
     return exp.root / "pseudo" / f"{net}_crf" / f"{image_id}.png"
 
 
+def rw_png(exp: Experiment, net: str, image_id: str) -> Path:
+    return exp.root / "pseudo" / f"{net}_rw" / f"{image_id}.png"
+
+
 def pred_png(exp: Experiment, source: str, image_id: str) -> Path:
     return exp.root / "seg" / source / "val" / f"{image_id}.png"
 
