@@ -33,9 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from wsss import config as wconfig  # noqa: E402
-from wsss.data.datasets import ClassificationDataset, SegmentationDataset  # noqa: E402
-from wsss.data.voc import read_split  # noqa: E402
-from wsss.io import write_json  # noqa: E402
+from wsss.data.datasets import ClassificationDataset, SegmentationDataset, normalize  # noqa: E402
+from wsss.data.voc import image_path, read_split  # noqa: E402
+from wsss.io import read_image, write_json  # noqa: E402
 from wsss.losses.classification import multilabel_loss  # noqa: E402
 from wsss.losses.segmentation import segmentation_ce  # noqa: E402
 from wsss.methods.mainnet import MainNetObjective  # noqa: E402
@@ -93,12 +93,12 @@ class _Meter:
 
 
 def _batches(ds, batch: int, seed: int = 0):
-    """Endless batches of ``ds`` (a wsss dataset of equal-size training crops) in a seeded random order."""
+    """Endless batches of ``ds`` (a wsss dataset of equal-size training crops), each pass in a new seeded order."""
     rng = np.random.default_rng(seed)
     while True:
+        order = rng.permutation(len(ds))
         for start in range(0, len(ds) - batch + 1, batch):
-            order = rng.permutation(len(ds))[start : start + batch]
-            items = [ds[int(i)] for i in order]
+            items = [ds[int(i)] for i in order[start : start + batch]]
             yield {
                 k: (torch.stack([it[k] for it in items]) if k != "id" else [it[k] for it in items]) for k in items[0]
             }
@@ -205,7 +205,6 @@ def check(
     sizes = []
     if "extract_cams" in stages:
         support.eval()
-        from wsss.data.datasets import normalize
 
         def cam_step() -> None:
             raw = _scaled(_raw(voc_root, ids, len(sizes)), image_scale)
@@ -265,9 +264,6 @@ def check(
 
 
 def _raw(voc_root: Path, ids: list[str], i: int) -> np.ndarray:
-    from wsss.data.voc import image_path
-    from wsss.io import read_image
-
     return read_image(image_path(voc_root, ids[i % len(ids)]))
 
 

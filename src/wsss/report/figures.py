@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from wsss.io import atomic_path, load_npz, read_image, read_label_png, voc_palette  # noqa: E402
-from wsss.report.inputs import Experiment, cam_npz, net_label, pred_png, pseudo_png, rw_png, split_ids  # noqa: E402
+from wsss.report.inputs import Experiment, cam_npz, net_label, pred_png, pseudo_png, rw_dir, rw_png, split_ids  # noqa: E402
 
 DPI = 100
 TILE = 2.0  # inches per image tile
@@ -123,7 +123,7 @@ def qualitative_train(exp: Experiment, path: Path, n: int) -> Path | None:
     cam_nets = [x for x in ("supportnet", exp.main_net()) if x and x in exp.cam]
     pnet = exp.pseudo_net()
     rnet = pnet if pnet in exp.rw else next(iter(exp.rw), None)
-    rnet = rnet if rnet and rw_png(exp, rnet, "x").parent.is_dir() else None  # its labels, where the DAG gave them
+    rnet = rnet if rnet and rw_dir(exp, rnet).is_dir() else None  # its labels, where the DAG gave them
 
     def needs(i: str) -> list[Path]:
         p = [voc / "JPEGImages" / f"{i}.jpg", voc / "SegmentationClass" / f"{i}.png"]

@@ -199,8 +199,12 @@ def pseudo_png(exp: Experiment, net: str, image_id: str) -> Path:
     return exp.root / "pseudo" / f"{net}_crf" / f"{image_id}.png"
 
 
+def rw_dir(exp: Experiment, net: str) -> Path:
+    return exp.root / "pseudo" / f"{net}_rw"
+
+
 def rw_png(exp: Experiment, net: str, image_id: str) -> Path:
-    return exp.root / "pseudo" / f"{net}_rw" / f"{image_id}.png"
+    return rw_dir(exp, net) / f"{image_id}.png"
 
 
 def pred_png(exp: Experiment, source: str, image_id: str) -> Path:

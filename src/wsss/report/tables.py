@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from wsss.io import read_json
+from wsss.io import WsssInputError, read_json
 from wsss.report.inputs import ABLATION_ORDER, CONTROL, FULL, Experiment, net_label, num, protocol_of
 from wsss.report.published import published_frame
 
@@ -329,7 +329,7 @@ def run_scale(exp: Experiment, config: dict | None) -> dict[str, str]:
     split = config["data"]["train_split"]
     try:
         n = str(len(read_split(exp.data_root, split)))
-    except Exception:  # the split list is the data stage's; the report still renders without it
+    except WsssInputError:  # the split list is the data stage's; the report still renders without it
         n = "?"
     sn, seg = config["supportnet"], config.get("segment", {})
     schedule = f"SupportNet {sn['train']['epochs']} epochs at {sn['train']['crop']} px crops"
@@ -723,6 +723,8 @@ def trends(exp: Experiment) -> Table:
     """The trends the field has seen on VOC, each measured on this run's metric files: CRF labels > CAM, the walk
     >= the CRF alone, DeepLab within ``TREND_POINTS`` of its pseudo labels, the upper bound far above."""
     rows = []
+    peers = published_frame().set_index("method")
+    psa, irn = peers.loc["AffinityNet / PSA"], peers.loc["IRN"]
 
     def add(trend: str, a: tuple[str, dict, str, str], b: tuple[str, dict, str, str], holds, published: str) -> None:
         va, vb = (num(d, key, exp.paths[stem]) for _, d, stem, key in (a, b))
@@ -748,7 +750,8 @@ def trends(exp: Experiment) -> Table:
             (f"{net_label(pnet)} CAM", exp.cam[pnet], f"cam_{pnet}", "miou"),
             (f"{net_label(pnet)} +CRF", exp.pseudo[pnet], f"pseudo_{pnet}_crf", "miou"),
             lambda d: d > 0,
-            "PSA: CAM 48.0 -> random walk 58.1 (61.0 with the PyTorch code); IRN's 48.3 -> 66.3 is quoted, unverified",
+            f"PSA: CAM {psa.cam_train_pct} -> random walk {psa.pseudo_train_pct}; IRN's 48.3 -> 66.3 is quoted, "
+            "unverified",
         )
     for n in (x for x in exp.rw if x in exp.pseudo):
         add(
@@ -765,7 +768,7 @@ def trends(exp: Experiment) -> Table:
             (final[0], final[1], final[2], "miou"),
             ("DeepLab val, +CRF", seg, "seg_pseudo", "miou_crf"),
             lambda d: d >= -TREND_POINTS,
-            "PSA: random-walk labels 58.1-61.0 (train) -> DeepLab 61.7 (val)",
+            f"PSA: random-walk labels {psa.pseudo_train_pct} (train) -> DeepLab {psa.val_pct} (val)",
         )
     if seg is not None and "gt" in exp.seg:
         add(
@@ -773,7 +776,7 @@ def trends(exp: Experiment) -> Table:
             ("DeepLab on pseudo labels", seg, "seg_pseudo", "miou_crf"),
             ("DeepLab on GT (upper bound)", exp.seg["gt"], "seg_gt", "miou_crf"),
             lambda d: d >= TREND_POINTS,
-            "IRN 63.5 val against DeepLabV3+ R101 fully supervised 78.6 (papers.md; other nets)",
+            f"IRN {irn.val_pct} val against DeepLabV3+ R101 fully supervised 78.6 (mmsegmentation, papers.md)",
         )
     cols = ["trend", "from", "from_miou", "to", "to_miou", "difference", "ratio_pct", "holds", "published"]
     return Table(
