@@ -170,6 +170,8 @@ def bench_cam(n: int = 100) -> dict:
 
 def _timed_snakemake(cwd: Path, configfile: str, overrides: tuple[str, ...] = ()) -> tuple[float, str]:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if (cwd / "src" / "wsss").is_dir():  # the copy's own package, not the checkout's editable install
+        env["PYTHONPATH"] = os.pathsep.join([str(cwd / "src"), *filter(None, [env.get("PYTHONPATH")])])
     t0 = time.perf_counter()
     p = subprocess.run(
         ["snakemake", "--cores", "2", "--configfile", configfile, *(["--config", *overrides] if overrides else [])],
@@ -237,7 +239,9 @@ def bench_e2e(configfile: str, target_s: float | None, keep: bool = False, overr
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for item in ("Snakefile", "workflow", "config", "profiles", "environment.yml"):
+        # src too: the jobs import the copy's package (PYTHONPATH, _timed_snakemake), so editing the checkout
+        # during a long run cannot change the code the run executes (it did once: docs/performance.md)
+        for item in ("Snakefile", "workflow", "config", "profiles", "environment.yml", "src"):
             src = REPO / item
             (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
         first, log = _timed_snakemake(work, configfile, overrides)

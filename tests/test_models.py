@@ -234,3 +234,61 @@ def test_new_layers_train_at_the_multiplied_rate():
     conv = (net.backbone.stem[0].weight - before["backbone.stem.0.weight"]).abs().max().item()
     assert head == pytest.approx(1e-2, rel=1e-3) and conv == pytest.approx(1e-4, rel=1e-3)
     assert len(param_groups(net, {"lr": 1e-3})) == 2 and param_groups(net, {"lr": 1e-3})[1]["lr"] == 1e-3
+
+
+class _Crops(torch.utils.data.Dataset):
+    """Four random 32x32 images with random 21-class label maps (the trainer sets ``seed`` each epoch)."""
+
+    seed = 0
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.items = [
+            {"image": torch.randn(3, 32, 32, generator=g), "label": torch.randint(0, 21, (32, 32), generator=g)}
+            for _ in range(4)
+        ]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_a_frozen_backbone_keeps_its_weights_and_statistics_while_the_head_trains(tmp_path, frozen):
+    """train.freeze_backbone: after an epoch the backbone's weights and BN running statistics are exactly as they
+    were and only the stage's layers (ASPP, decoder) moved; without it the backbone moves too (the control)."""
+    from wsss import config
+    from wsss.engine.trainer import train
+
+    torch.manual_seed(0)
+    bb = {"name": "resnet_small", "widths": [8, 8, 8, 8], "blocks": [1, 1, 1, 1]}
+    net = build_segmenter("deeplabv3plus_small", backbone_cfg=bb, aspp_channels=8, atrous_rates=(1, 2, 3))
+    tcfg = {**config.validate({})["segment"]["train"], "epochs": 1, "batch_size": 2, "freeze_backbone": frozen}
+    backbone0 = copy.deepcopy(net.backbone.state_dict())
+    head0 = copy.deepcopy(net.decoder.state_dict())
+    train(
+        net,
+        _Crops(),
+        tcfg,
+        seed=0,
+        resolved={},
+        state_path=tmp_path / "state.pt",
+        out=tmp_path / "ckpt.pt",
+        objective=lambda x, batch: {"loss": F.cross_entropy(net(x), batch["label"])},
+    )
+    moved = {k for k, v in net.backbone.state_dict().items() if not torch.equal(v, backbone0[k])}
+    assert all(not torch.equal(v, head0[k]) for k, v in net.decoder.state_dict().items() if v.is_floating_point())
+    if frozen:
+        assert not moved and net.backbone.stem[1].training is False
+    else:  # weights and running statistics both change
+        assert any(k.endswith("weight") for k in moved) and any(k.endswith("running_mean") for k in moved)
+
+
+def test_freezing_a_net_without_a_backbone_is_refused():
+    from wsss.engine.trainer import freeze_backbone
+    from wsss.io import WsssInputError
+
+    with pytest.raises(WsssInputError, match=r"segment\.train\.freeze_backbone: Linear has no backbone"):
+        freeze_backbone(torch.nn.Linear(2, 2), key="segment.train.freeze_backbone")

@@ -160,6 +160,11 @@ def _leaves(schema: dict, root: dict, path=()):
 
 def _changed(value, schema: dict):
     """A different value of the same key that the schema accepts."""
+    if "anyOf" in schema:  # e.g. an integer, null, or a mapping: change it within the branch the value is in
+        if isinstance(value, dict):
+            key = next(iter(value))
+            return {**value, key: (value[key] or 0) + 1}
+        return _changed(value, next(b for b in schema["anyOf"] if b.get("type") not in ("null", None)))
     if "enum" in schema:
         return next(v for v in schema["enum"] if v != value)
     kind = schema.get("type")

@@ -412,6 +412,14 @@ def test_the_protocol_table_says_where_the_image_labels_come_from(exp: Path) -> 
         dict(zip(rows["key"], rows["value"]))["subset"]
         == "first 300 ids of each split list (train 300 of 546, val 271 of 271)"
     )
+    # one number per split (a mapping): each named split's own N
+    report.update(counts={"train": 200, "val": 150, "labelled_images": 350})
+    report["subset"]["max_ids_per_split"] = {"train": 200, "val": 150}
+    write_json(exp / "data" / "VOC2012" / "prepare_report.json", report)
+    rows = table(run(exp), "protocol").query("file == 'data/VOC2012/prepare_report.json'")
+    assert dict(zip(rows["key"], rows["value"]))["subset"] == (
+        "the first ids of each split list in its own order: 200 of train, 150 of val (train 200 of 546, val 150 of 271)"
+    )
 
 
 def test_files_outside_the_run_are_named_by_their_full_path(tmp_path: Path) -> None:

@@ -102,6 +102,29 @@ def test_reassign_flips_planted_pixel_only():
     assert torch.equal(reassign(emb, y2, centres, present, margin=5.0), y2)
 
 
+def test_reassign_keeps_each_pixel_within_its_own_image_classes():
+    """Issue 16: the batch's centres include classes only other images hold. A pixel of image 0 (classes bg, 1)
+    that sits on image 1's class-2 centre moves to class 2 without ``allowed`` (the bug reproduced), and stays in
+    its own image's classes with it; a pixel of image 1 is still free to move within its own classes."""
+    y = torch.zeros(2, 4, 4, dtype=torch.long)
+    y[0, 2:] = 1  # image 0: background above, class 1 below
+    y[1, 2:] = 2  # image 1: background above, class 2 below
+    emb = torch.zeros(2, 3, 4, 4)
+    for k in range(3):
+        emb[:, k][y == k] = 1.0
+    emb[0, :, 2, 0] = torch.tensor([0.0, 0.0, 1.0])  # image 0, class 1, but on the class-2 centre
+    emb[1, :, 3, 3] = torch.tensor([1.0, 0.0, 0.0])  # image 1, class 2, but on the background centre
+    centres, present = class_centres(emb, y, num_classes=3)
+    free = reassign(emb, y, centres, present, margin=0.2)
+    assert int(free[0, 2, 0]) == 2 and int(free[1, 3, 3]) == 0  # the first: a class image 0 does not contain
+    allowed = torch.tensor([[True, True, False], [True, False, True]])
+    own = reassign(emb, y, centres, present, margin=0.2, allowed=allowed)
+    assert int(own[0, 2, 0]) == 1 and int(own[1, 3, 3]) == 0
+    assert int((own != y).sum()) == 1
+    with pytest.raises(ValueError, match="allowed"):
+        reassign(emb, y, centres, present, allowed=allowed[:, :2])
+
+
 def test_lr_loss_lower_at_centres():
     emb, y = _planted()
     centres, present = class_centres(emb, y)

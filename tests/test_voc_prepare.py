@@ -392,6 +392,25 @@ def test_max_ids_per_split_keeps_the_first_ids_of_each_list(extracted, tmp_path)
     assert prepare_voc(voc, sbd, tmp_path / "uncut")["subset"] is None
 
 
+def test_max_ids_per_split_may_name_each_split(extracted, tmp_path):
+    """A mapping {split: N}: each named split keeps its own first N ids, a split it leaves out keeps all of them
+    (train_aug here, which still holds every kept train id); the mapping is recorded as given; N < 1 is refused."""
+    voc, sbd = extracted
+    src = _reordered(voc, tmp_path / "VOC2012")
+    out = tmp_path / "out"
+    report = prepare_voc(src, sbd, out, max_ids_per_split={"train": 1, "val": 2})
+    assert read_split(out, "train") == VOC_TRAIN[::-1][:1] and read_split(out, "val") == VOC_VAL[::-1][:2]
+    assert read_split(out, "train_aug") == TRAIN_AUG  # not named: uncut
+    assert report["counts"]["train"] == 1 and report["counts"]["val"] == 2 and report["counts"]["train_aug"] == 6
+    assert report["subset"]["max_ids_per_split"] == {"train": 1, "val": 2}
+    report = prepare_voc(src, sbd, tmp_path / "aug", max_ids_per_split={"train": 2, "train_aug": 3})
+    aug = read_split(tmp_path / "aug", "train_aug")
+    assert len(aug) == 3 and set(VOC_TRAIN[::-1][:2]) <= set(aug) and not set(aug) & set(VOC_VAL)
+    assert read_split(tmp_path / "aug", "val") == VOC_VAL[::-1]
+    with pytest.raises(WsssInputError, match=r"keep at least one id of val"):
+        prepare_voc(src, sbd, tmp_path / "bad", max_ids_per_split={"val": 0})
+
+
 def test_only_the_kept_ids_need_their_files(extracted, tmp_path):
     """A folder missing the image (and XML) of an id the rule drops is prepared; without the rule it is refused."""
     voc, _ = extracted
@@ -464,10 +483,10 @@ def test_the_rule_on_the_real_voc_photographs(tmp_path):
         pytest.skip(f"real VOC subset not found at {root} (set WSSS_VOC_MINI to the voc2012-mini folder)")
     n = yaml.safe_load((repo / "config/voc-cpu.yaml").read_text())["data"]["voc"]["max_ids_per_split"]
     lists = {s: (root / f"ImageSets/Segmentation/{s}.txt").read_text().split() for s in ("train", "val")}
-    kept = {s: ids[:n] for s, ids in lists.items()}
+    kept = {s: ids[: n[s]] for s, ids in lists.items()}  # the config names N per split
     report = prepare_voc(root, None, tmp_path / "VOC2012", max_ids_per_split=n)
     out = tmp_path / "VOC2012"
-    assert {s: read_split(out, s) for s in kept} == kept and len(kept["train"]) == min(n, 546)
+    assert {s: read_split(out, s) for s in kept} == kept and len(kept["train"]) == min(n["train"], 546)
     assert report["counts"] == {
         **{s: len(ids) for s, ids in kept.items()},
         "labelled_images": sum(map(len, kept.values())),

@@ -193,7 +193,7 @@ def _link_file(src: Path, dst: Path, mode: str) -> str:
 # ------------------------------------------------------------------------------------------ prepare
 
 
-def _check_counts(counts: dict[str, int], max_ids_per_split: int | None = None) -> None:
+def _check_counts(counts: dict[str, int], max_ids_per_split: int | dict | None = None) -> None:
     bad = [f"{s}: {counts[s]} ids, expected {n}" for s, n in EXPECTED_COUNTS.items() if s in counts and counts[s] != n]
     if bad:
         cut = (
@@ -210,22 +210,37 @@ def _check_counts(counts: dict[str, int], max_ids_per_split: int | None = None) 
         )
 
 
-def subset_splits(splits: dict[str, list[str]], n: int | None) -> dict[str, list[str]]:
-    """The split lists cut by :data:`SUBSET_RULE` (``n`` ids each; ``None`` = unchanged).
+def split_limit(n: int | dict | None, split: str) -> int | None:
+    """How many ids of ``split`` config ``data.voc.max_ids_per_split`` keeps: one number for every split, or a
+    mapping {split: number} (a split it does not name keeps all its ids); ``None`` = all."""
+    limit = n.get(split) if isinstance(n, dict) else n
+    if limit is not None and int(limit) < 1:
+        raise WsssInputError(
+            f"data.voc.max_ids_per_split = {n}: keep at least one id of {split} (or null: all its ids)"
+        )
+    return None if limit is None else int(limit)
 
-    ``train_aug`` holds the kept ``train`` ids, then the first of its other ids in its own (sorted) order, ``n`` in
-    all, listed sorted as the full list (an ``n`` that keeps every id gives the list unchanged); it only ever drops
-    ids, so it stays disjoint from the whole VOC val list.
+
+def subset_splits(splits: dict[str, list[str]], n: int | dict | None) -> dict[str, list[str]]:
+    """The split lists cut by :data:`SUBSET_RULE` (:func:`split_limit` ids each; ``None`` = unchanged).
+
+    ``train_aug`` holds the kept ``train`` ids, then the first of its other ids in its own (sorted) order, its limit
+    in all, listed sorted as the full list (a limit that keeps every id gives the list unchanged); it only ever
+    drops ids, so it stays disjoint from the whole VOC val list.
     """
-    if n is None:
-        return {s: list(ids) for s, ids in splits.items()}
-    if n < 1:
-        raise WsssInputError(f"data.voc.max_ids_per_split = {n}: keep at least one id per split (or null: all)")
-    out = {s: list(ids[:n]) for s, ids in splits.items() if s != "train_aug"}
+    out = {}
+    for s, ids in splits.items():
+        limit = split_limit(n, s)
+        if s != "train_aug":
+            out[s] = list(ids if limit is None else ids[:limit])
     if "train_aug" in splits:
-        kept = set(out.get("train", []))
-        others = [i for i in splits["train_aug"] if i not in kept]
-        out["train_aug"] = sorted(kept | set(others[: max(0, n - len(kept))]))
+        limit = split_limit(n, "train_aug")
+        if limit is None:
+            out["train_aug"] = list(splits["train_aug"])
+        else:
+            kept = set(out.get("train", []))
+            others = [i for i in splits["train_aug"] if i not in kept]
+            out["train_aug"] = sorted(kept | set(others[: max(0, limit - len(kept))]))
     return out
 
 
@@ -245,7 +260,7 @@ def prepare_voc(
     expect_counts: bool = False,
     cross_check: bool = True,
     link_mode: str = "symlink",
-    max_ids_per_split: int | None = None,
+    max_ids_per_split: int | dict | None = None,
 ) -> dict[str, Any]:
     """Build ``out_root`` (see the module docstring) and return the report also written to ``prepare_report.json``.
 
@@ -295,7 +310,7 @@ def prepare_voc(
     if max_ids_per_split is not None:
         sbd_ids = sorted(set(sbd_ids) & set(splits.get("train_aug", [])))  # convert only the SBD masks kept
         log.info(
-            "data.voc.max_ids_per_split = %d: kept %s of the source lists' %s ids",
+            "data.voc.max_ids_per_split = %s: kept %s of the source lists' %s ids",
             max_ids_per_split,
             counts,
             source_counts,
@@ -410,7 +425,7 @@ def prepare_voc(
             "subset": (
                 None
                 if max_ids_per_split is None
-                else {"rule": SUBSET_RULE, "max_ids_per_split": int(max_ids_per_split), "source_counts": source_counts}
+                else {"rule": SUBSET_RULE, "max_ids_per_split": max_ids_per_split, "source_counts": source_counts}
             ),
             "train_aug_rule": "(SBD train ∪ SBD val ∪ VOC train) − VOC val" if sbd_root is not None else None,
             "label_source": label_source,

@@ -313,6 +313,24 @@ def apply_batchnorm(net: torch.nn.Module, mode: str, world: int) -> torch.nn.Mod
     return net
 
 
+def freeze_backbone(net: torch.nn.Module, *, key: str) -> torch.nn.Module:
+    """Freeze ``net.backbone`` (config ``train.freeze_backbone``): its parameters stop requiring gradients (so
+    :func:`param_groups` leaves them out) and its BatchNorms keep their running statistics for good
+    (:func:`wsss.models.backbones.freeze_bn`); the layers the stage adds train as before. Returns ``net``."""
+    from wsss.io import WsssInputError
+    from wsss.models.backbones import freeze_bn
+
+    backbone = getattr(net, "backbone", None)
+    if not isinstance(backbone, torch.nn.Module):
+        raise WsssInputError(f"{key}: {type(net).__name__} has no backbone to freeze; set it to false")
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    freeze_bn(backbone)
+    if not any(p.requires_grad for p in net.parameters()):
+        raise WsssInputError(f"{key}: nothing left to train once the backbone is frozen; set it to false")
+    return net
+
+
 class _Objective(torch.nn.Module):
     """``net`` plus the stage's objective, so that DDP wraps the whole step's forward (every call of ``net``)."""
 
@@ -384,6 +402,8 @@ def train(
     dtype = DTYPES[tcfg.get("dtype", "float32")]
     net.to(device, dtype=dtype)
     net = apply_batchnorm(net, tcfg.get("batchnorm", "sync"), world)
+    if tcfg.get("freeze_backbone", False):
+        freeze_backbone(net, key=f"{section}.train.freeze_backbone" if section else "train.freeze_backbone")
     if tcfg["channels_last"]:
         net = net.to(memory_format=torch.channels_last)
     steps_per_epoch = max(1, len(dataset) // global_batch)

@@ -10,7 +10,8 @@ al., CVPR'18) and Shoestring (Wang et al., CVPR'20).
 
 Everything below is OUR formulation (centre-based, after those three):
   centres      mu_k = normalize( mean_{i: y_i = k} e_i )          (e: L2-normalised embeddings)
-  reassignment s_ik = <e_i, mu_k>;  k* = argmax_{k present, k != y_i} s_ik
+  reassignment s_ik = <e_i, mu_k>;  k* = argmax_{k present, k in C(i), k != y_i} s_ik
+               (C(i): the classes of pixel i's own image, background included, when given)
                y'_i = k* (mode 'reassign') or 255 (mode 'ignore')  if s_ik* - s_iy_i > margin
                y'_i = y_i                                            otherwise (and for y_i = 255)
   loss         L = mean_{i: y'_i != 255} -log( exp(s_iy'_i / tau) / sum_{k present} exp(s_ik / tau) )
@@ -69,10 +70,14 @@ def reassign(
     present: torch.Tensor,
     margin: float = 0.2,
     mode: str = "reassign",
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """New labels [B,H,W]: pixels much closer (cosine) to another present centre than to
     their own (difference > ``margin``) get that class ('reassign') or 255 ('ignore').
 
+    ``allowed`` [B,K] (bool): the classes each image may take (its image labels and background); a pixel is only
+    ever compared with, and moved to, a class of its own image (the batch's centres include classes other images
+    hold: without it a pixel could be given a class its image does not contain, issue 16).
     Unchanged: well-placed pixels, 255 pixels, pixels whose own class has no centre.
     margin 0.2 (cosine units) is our choice, no source.
     """
@@ -87,6 +92,12 @@ def reassign(
     safe = torch.where(own_ok, y, torch.zeros_like(y))
     s_own = sim.gather(1, safe[:, None]).squeeze(1)
     other = sim.masked_fill(~present[None, :], float("-inf"))
+    if allowed is not None:
+        B, _, H, W = emb.shape
+        if allowed.shape != (B, K):
+            raise ValueError(f"allowed {tuple(allowed.shape)} must be [batch, classes] = {(B, K)}")
+        per_pixel = allowed.bool().to(e.device).repeat_interleave(H * W, dim=0)  # [N,K], the layout of _flat
+        other = other.masked_fill(~per_pixel, float("-inf"))
     other = other.scatter(1, safe[:, None], float("-inf"))
     s_best, k_best = other.max(1)
     flip = own_ok & (s_best - s_own > margin)

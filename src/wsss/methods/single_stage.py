@@ -80,7 +80,8 @@ class SingleStageObjective:
                     F.interpolate(out["embedding"], size=grid, mode="bilinear", align_corners=True), dim=1
                 )
                 centres, present = class_centres(emb, pgt, num_classes=logits.shape[1], detach=c["detach_centres"])
-                new = reassign(emb, pgt, centres, present, margin=c["margin"], mode=c["mode"])
+                own = torch.cat([labels.new_ones(labels.shape[0], 1), labels], 1) > 0.5  # background + image labels
+                new = reassign(emb, pgt, centres, present, margin=c["margin"], mode=c["mode"], allowed=own)
                 extra["lr_reassigned"] = ((new != pgt) & (pgt != IGNORE_INDEX)).float().mean()
                 extra["loss_lr"] = c["weight"] * label_reassign_loss(emb, new, centres, present, c["temperature"])
                 if c["relabel_segmentation"]:

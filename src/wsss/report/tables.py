@@ -408,7 +408,12 @@ def protocol(exp: Experiment) -> Table:
         if isinstance(subset, dict):  # data.voc.max_ids_per_split: how many of the source lists' ids were kept
             source = subset.get("source_counts", {})
             kept = ", ".join(f"{s} {d.get('counts', {}).get(s, '?')} of {n}" for s, n in source.items())
-            value = f"first {subset.get('max_ids_per_split')} ids of each split list ({kept})"
+            limit = subset.get("max_ids_per_split")
+            if isinstance(limit, dict):
+                named = ", ".join(f"{n} of {s}" for s, n in limit.items() if n is not None)
+                value = f"the first ids of each split list in its own order: {named} ({kept})"
+            else:
+                value = f"first {limit} ids of each split list ({kept})"
             rows.append({"file": exp.rel_path(prepared), "key": "subset", "value": value})
     for kind in ("cam", "pseudo", "rw", "seg", "ss"):
         for name, d in getattr(exp, kind).items():
