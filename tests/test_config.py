@@ -175,6 +175,17 @@ def test_random_walk_consistency(bad, key):
         config.validate(bad, source="x.yaml")
 
 
+def test_pseudo_label_source_is_checked_only_where_deeplab_trains():
+    """segment.pseudo_labels names the labels DeepLab trains on: without DeepLab (segment.enabled false, e.g. the
+    ablation configs) a final MainNet without CRF or walk labels is fine; with it, the same config is refused."""
+    bare = {"refine": {"crf_nets": [], "random_walk": {"nets": []}}, "segment": {"pseudo_labels": "crf"}}
+    assert (
+        config.validate({**bare, "segment": {"pseudo_labels": "crf", "enabled": False}})["segment"]["enabled"] is False
+    )
+    with pytest.raises(WsssInputError, match="segment.pseudo_labels is crf but"):
+        config.validate(bare, source="x.yaml")
+
+
 def test_random_walk_with_cam_labels_needs_no_crf():
     cfg = config.validate({"refine": {"random_walk": {"nets": ["mainnet_rcm"], "label_source": "cams"}}})
     assert cfg["refine"]["random_walk"]["nets"] == ["mainnet_rcm"]

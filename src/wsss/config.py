@@ -216,6 +216,8 @@ def _check_consistency(cfg: dict, source: str) -> None:
                 "refine.crf_nets; add it there or set refine.random_walk.label_source: cams"
             )
     final = f"mainnet_{cfg['mainnet']['final_variant']}"
+    if not cfg["segment"]["enabled"]:  # no DeepLab: nothing reads segment.pseudo_labels
+        return
     if cfg["segment"]["pseudo_labels"] == "rw" and final not in rw["nets"]:
         raise WsssInputError(
             f"{source}: segment.pseudo_labels is rw but the final MainNet '{final}' is not in refine.random_walk.nets"
