@@ -207,6 +207,27 @@ def test_variant_switches(tmp_path, variant, has_aa, has_lr):
     assert obj.net.proj[0].weight.grad is not None if has_lr else obj.net.proj[0].weight.grad is None
 
 
+def test_lr_reassigns_only_from_its_start_epoch(tmp_path, monkeypatch):
+    """lr.start_epoch: before it the LR loss trains against the unchanged pseudo labels (reassign is not called,
+    nothing is reassigned, the loss still trains the embedding); from it on, reassign runs on every batch."""
+    from wsss.methods import single_stage as module
+
+    calls = []
+    real = module.reassign
+    monkeypatch.setattr(module, "reassign", lambda *a, **k: calls.append(1) or real(*a, **k))
+    obj = _objective(tmp_path, "lr", warmup_epochs=0, lr={"start_epoch": 2})
+    _two_region_pseudo_gt(obj)
+    x, y = _batch()
+    for epoch in (0, 1):
+        obj.epoch = epoch
+        out = obj(x, y)
+        assert out["lr_reassigned"].item() == 0.0 and out["loss_lr"].detach().item() > 0
+    assert not calls
+    obj.epoch = 2
+    obj(x, y)
+    assert calls == [1]
+
+
 def test_aa_weight_scales_the_term(tmp_path):
     outs = []
     for w in (1.0, 2.0):

@@ -81,7 +81,10 @@ class SingleStageObjective:
                 )
                 centres, present = class_centres(emb, pgt, num_classes=logits.shape[1], detach=c["detach_centres"])
                 own = torch.cat([labels.new_ones(labels.shape[0], 1), labels], 1) > 0.5  # background + image labels
-                new = reassign(emb, pgt, centres, present, margin=c["margin"], mode=c["mode"], allowed=own)
+                if self.epoch >= c["start_epoch"]:
+                    new = reassign(emb, pgt, centres, present, margin=c["margin"], mode=c["mode"], allowed=own)
+                else:  # the centres train first (lr.start_epoch): no pixel moves yet
+                    new = pgt
                 extra["lr_reassigned"] = ((new != pgt) & (pgt != IGNORE_INDEX)).float().mean()
                 extra["loss_lr"] = c["weight"] * label_reassign_loss(emb, new, centres, present, c["temperature"])
                 if c["relabel_segmentation"]:
