@@ -240,7 +240,8 @@ def bench_e2e(configfile: str, target_s: float | None, keep: bool = False, overr
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         # src too: the jobs import the copy's package (PYTHONPATH, _timed_snakemake), so editing the checkout
-        # during a long run cannot change the code the run executes (it did once: docs/performance.md)
+        # during a long run cannot change the code the run executes (it did once: results/benchmarks/e2e_voc_cpu.json,
+        # no_change_rerun_note)
         for item in ("Snakefile", "workflow", "config", "profiles", "environment.yml", "src"):
             src = REPO / item
             (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)

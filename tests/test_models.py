@@ -292,3 +292,7 @@ def test_freezing_a_net_without_a_backbone_is_refused():
 
     with pytest.raises(WsssInputError, match=r"segment\.train\.freeze_backbone: Linear has no backbone"):
         freeze_backbone(torch.nn.Linear(2, 2), key="segment.train.freeze_backbone")
+    only_backbone = torch.nn.Module()
+    only_backbone.backbone = torch.nn.Linear(2, 2)
+    with pytest.raises(WsssInputError, match=r"nothing left to train once the backbone is frozen"):
+        freeze_backbone(only_backbone, key="segment.train.freeze_backbone")

@@ -38,6 +38,10 @@ JOBS = {
 }
 
 
+#: the config sections that train a network (each has a ``train`` schedule)
+TRAINED = ("supportnet", "mainnet", "refine.random_walk", "segment", "single_stage")
+
+
 def cfg() -> dict:
     return config.load(CONFIG)
 
@@ -69,7 +73,7 @@ def test_the_config_runs_every_stage_on_real_voc_with_pretrained_lite0():
     assert c["refine"]["calibrate_background"] == "crf_sweep" and c["refine"]["random_walk"]["nets"]
     assert c["segment"]["upper_bound"] and c["segment"]["export_split"] == "val"
     assert c["single_stage"]["variants"] == ["baseline", "aa_lr"]
-    for section in ("supportnet", "mainnet", "refine.random_walk", "segment", "single_stage"):
+    for section in TRAINED:
         t = config.get(c, section)["train"]
         assert t["optimizer"] == "adamw" and t["channels_last"], section
     assert {k: v["batchnorm"] for k, v in [("s", c["supportnet"]["train"]), ("m", c["mainnet"]["train"])]} == {
@@ -178,11 +182,8 @@ def _tiny(raw: dict) -> dict:
     t = copy.deepcopy(raw)
     t["name"] = "voc-cpu-tiny"
     t["data"]["voc"]["max_ids_per_split"] = {"train": 16, "val": 4}
-    for section in ("supportnet", "mainnet", "refine.random_walk", "segment", "single_stage"):
-        node = t
-        for k in section.split("."):
-            node = node[k]
-        node["train"].update(epochs=1, batch_size=8, crop=96)
+    for section in TRAINED:
+        config.get(t, section)["train"].update(epochs=1, batch_size=8, crop=96)
     t["single_stage"]["train"]["crop"] = 64
     t["cams"]["scales"] = [0.5]
     t["refine"]["calibration_images"] = 2

@@ -230,8 +230,8 @@ def subset_splits(splits: dict[str, list[str]], n: int | dict | None) -> dict[st
     """
     out = {}
     for s, ids in splits.items():
-        limit = split_limit(n, s)
         if s != "train_aug":
+            limit = split_limit(n, s)
             out[s] = list(ids if limit is None else ids[:limit])
     if "train_aug" in splits:
         limit = split_limit(n, "train_aug")

@@ -80,8 +80,8 @@ class SingleStageObjective:
                     F.interpolate(out["embedding"], size=grid, mode="bilinear", align_corners=True), dim=1
                 )
                 centres, present = class_centres(emb, pgt, num_classes=logits.shape[1], detach=c["detach_centres"])
-                own = torch.cat([labels.new_ones(labels.shape[0], 1), labels], 1) > 0.5  # background + image labels
                 if self.epoch >= c["start_epoch"]:
+                    own = torch.cat([labels.new_ones(labels.shape[0], 1), labels], 1) > 0.5  # background + labels
                     new = reassign(emb, pgt, centres, present, margin=c["margin"], mode=c["mode"], allowed=own)
                 else:  # the centres train first (lr.start_epoch): no pixel moves yet
                     new = pgt
