@@ -20,6 +20,7 @@ include: "workflow/rules/cams.smk"
 include: "workflow/rules/refine.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/single_stage.smk"
+include: "workflow/rules/noise.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -215,6 +215,18 @@ def _check_consistency(cfg: dict, source: str) -> None:
                 f"{source}: refine.random_walk.nets names '{net}' with label_source crf, but '{net}' is not in "
                 "refine.crf_nets; add it there or set refine.random_walk.label_source: cams"
             )
+    noise = cfg["single_stage"]["noise_experiment"]
+    for r in noise["rates"]:
+        if abs(100 * r - round(100 * r)) > 1e-9:
+            raise WsssInputError(
+                f"{source}: single_stage.noise_experiment.rates has {r}; give whole percents (0.1, 0.25, ...): "
+                "each rate names its jobs (e.g. erode25)"
+            )
+    if noise["enabled"] and "context_bleed" in noise["kinds"] and data["source"] != "synthetic":
+        raise WsssInputError(
+            f"{source}: single_stage.noise_experiment.kinds has context_bleed, which needs the synthetic benchmark's "
+            f"context rows; data.source is {data['source']!r}: drop context_bleed"
+        )
     final = f"mainnet_{cfg['mainnet']['final_variant']}"
     if not cfg["segment"]["enabled"]:  # no DeepLab: nothing reads segment.pseudo_labels
         return

@@ -36,7 +36,16 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from wsss.variants import MAINNET_VARIANTS, SINGLE_STAGE_VARIANTS, nets, seg_sources, single_stage_variants
+from wsss.variants import (
+    MAINNET_VARIANTS,
+    NOISE_PATTERN,
+    SINGLE_STAGE_VARIANTS,
+    nets,
+    noise_settings,
+    noise_variants,
+    seg_sources,
+    single_stage_variants,
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -507,6 +516,49 @@ _declare(
         wildcards={"seed": SEED, "variant": "|".join(SINGLE_STAGE_VARIANTS)},
         threads="all",
     ),
+    # ------------------------------------------------------------------------------------------------ noise
+    Stage(
+        "make_noisy_labels",
+        "noise",
+        "the controlled-noise experiment's labels: train_split's GT masks corrupted by one kind at one rate",
+        keys=_static("data.train_split"),
+        inputs={"data": File(DATA)},
+        outputs={
+            "labels": File("{seed_dir}/noisy/{noise}", "dir"),
+            "metrics": File("{seed_dir}/metrics/noisy_{noise}.json", "metrics"),
+        },
+        wildcards={"seed": SEED, "noise": NOISE_PATTERN},
+    ),
+    Stage(
+        "train_noisy",
+        "noise",
+        "train a single-stage variant on one noise setting's fixed labels, tracking LR's flips against the truth",
+        keys=_single_stage_keys,
+        inputs={
+            "data": File(DATA),
+            "labels": File("{seed_dir}/noisy/{noise}"),
+            "support": File(SUPPORT.path, when=lambda c, w: c["single_stage"]["init_from_supportnet"]),
+        },
+        outputs=_trained("noisy_{noise}_{variant}", "train_noisy_{noise}_{variant}"),
+        wildcards={"seed": SEED, "noise": NOISE_PATTERN, "variant": "|".join(SINGLE_STAGE_VARIANTS)},
+        slice_by=("variant",),
+        slices=lambda c: [{"variant": v} for v in noise_variants(c)],
+        scratch={"state": "{seed_dir}/state/noisy_{noise}_{variant}.pt"},
+        **GPU_STAGE,
+    ),
+    Stage(
+        "eval_noisy",
+        "noise",
+        "val mIoU (with and without CRF) of a model of the controlled-noise experiment",
+        keys=_static(
+            "data.val_split",
+            *(f"single_stage.{k}" for k in ("scales", "flip", "fp_cut_score", "bg_pow", "crf")),
+        ),
+        inputs={"data": File(DATA), "ckpt": File("{seed_dir}/models/noisy_{noise}_{variant}/checkpoint.pt")},
+        outputs={"metrics": File("{seed_dir}/metrics/seg_noisy_{noise}_{variant}.json", "metrics")},
+        wildcards={"seed": SEED, "noise": NOISE_PATTERN, "variant": "|".join(SINGLE_STAGE_VARIANTS)},
+        threads="all",
+    ),
     # ---------------------------------------------------------------------------------------------- report
     Stage(
         "report",
@@ -538,6 +590,17 @@ _declare(
             "single_stage": Gather(
                 "{exp}/seed{seed}/metrics/seg_single_stage_{variant}.json",
                 lambda c: _seeds(c, variant=single_stage_variants(c)),
+            ),
+            "noisy_labels": Gather(
+                "{exp}/seed{seed}/metrics/noisy_{noise}.json", lambda c: _seeds(c, noise=noise_settings(c))
+            ),
+            "noisy_train": Gather(
+                "{exp}/seed{seed}/metrics/train_noisy_{noise}_{variant}.json",
+                lambda c: _seeds(c, noise=noise_settings(c), variant=noise_variants(c)),
+            ),
+            "noisy_seg": Gather(
+                "{exp}/seed{seed}/metrics/seg_noisy_{noise}_{variant}.json",
+                lambda c: _seeds(c, noise=noise_settings(c), variant=noise_variants(c)),
             ),
             "train_seg": Gather(
                 "{exp}/seed{seed}/metrics/train_seg_{source}.json", lambda c: _seeds(c, source=seg_sources(c))

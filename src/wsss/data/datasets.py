@@ -80,7 +80,12 @@ def _rescale(img: np.ndarray, mask: np.ndarray | None, s: float):
         return img, mask
     img = np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR))
     if mask is not None:
-        mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+        if mask.ndim == 3:  # several label maps, augmented alike
+            mask = np.stack(
+                [np.asarray(Image.fromarray(m).resize(size, Image.NEAREST)) for m in mask.transpose(2, 0, 1)], -1
+            )
+        else:
+            mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
     return img, mask
 
 
@@ -102,7 +107,7 @@ def _pad_crop(img: np.ndarray, mask: np.ndarray | None, crop: int, rng: np.rando
     if ph or pw:
         img = np.pad(img, ((0, ph), (0, pw), (0, 0)))
         if mask is not None:
-            mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
+            mask = np.pad(mask, ((0, ph), (0, pw)) + ((0, 0),) * (mask.ndim - 2), constant_values=IGNORE_INDEX)
     h, w = img.shape[:2]
     y0 = int(rng.integers(0, h - crop + 1))
     x0 = int(rng.integers(0, w - crop + 1))
@@ -122,7 +127,8 @@ def augment(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Joint train augmentation: random scale, colour jitter, normalise, pad + random crop, horizontal flip.
 
-    Returns the normalised float32 HxWx3 image and the uint8 mask (or None), both ``crop`` x ``crop``.
+    Returns the normalised float32 HxWx3 image and the uint8 mask (or None), both ``crop`` x ``crop``. ``mask`` may
+    be HxWxM: M label maps augmented alike (the noise experiment's corrupted labels and their truth).
     """
     img, mask = _rescale(img, mask, float(rng.uniform(*scale_range)))
     x = _jitter(img, jitter, rng) if jitter > 0 else img
@@ -151,7 +157,9 @@ class ClassificationDataset(Dataset):
     """Image + multi-hot label (float [20]) + id, for CAM classifiers.
 
     ``train=True``: augmented ``crop`` x ``crop`` crops. ``train=False``: the full normalised image
-    (sizes differ, so use batch size 1).
+    (sizes differ, so use batch size 1). ``two_views=True`` (training only) adds ``image_p``, a second augmentation
+    of the same image drawn after the first from the same per-sample generator (so ``image`` is the crop a
+    one-view dataset gives): the authors' two views a and p (issue 16).
     """
 
     def __init__(
@@ -163,9 +171,13 @@ class ClassificationDataset(Dataset):
         seed: int = 0,
         scale_range: tuple[float, float] = (0.9, 1.1),
         jitter: float = 0.0,
+        two_views: bool = False,
     ):
         self.root, self.crop, self.train, self.seed = Path(root), int(crop), bool(train), int(seed)
         self.scale_range, self.jitter = tuple(scale_range), float(jitter)
+        if two_views and not self.train:
+            raise ValueError("two_views needs train=True (the views are two augmentations)")
+        self.two_views = bool(two_views)
         self.ids, self.labels = _labelled_ids(root, split)
 
     def __len__(self) -> int:
@@ -178,6 +190,9 @@ class ClassificationDataset(Dataset):
             rng = sample_rng(self.seed, index)
             x, _ = augment(img, None, self.crop, rng, self.scale_range, self.jitter)
             image = _chw(x)
+            if self.two_views:
+                p, _ = augment(img, None, self.crop, rng, self.scale_range, self.jitter)
+                return {"image": image, "image_p": _chw(p), "label": multi_hot(self.labels[image_id]), "id": image_id}
         else:
             image = normalize(img)
         return {"image": image, "label": multi_hot(self.labels[image_id]), "id": image_id}
@@ -187,7 +202,9 @@ class SegmentationDataset(Dataset):
     """Image + label map (long [H,W], 255 = ignore) + id.
 
     ``label_dir`` reads masks from ``label_dir/<id>.png`` (e.g. pseudo labels) instead of
-    ``SegmentationClass``. ``train=True`` applies the joint augmentation of :func:`augment`.
+    ``SegmentationClass``. ``train=True`` applies the joint augmentation of :func:`augment`. ``with_gt=True`` adds
+    ``gt``, the ground-truth mask augmented alike, and ``classes``, the image labels (float [20]): the noise
+    experiment's corrupted labels beside their truth.
     """
 
     def __init__(
@@ -200,12 +217,17 @@ class SegmentationDataset(Dataset):
         seed: int = 0,
         scale_range: tuple[float, float] = (0.9, 1.1),
         jitter: float = 0.0,
+        with_gt: bool = False,
     ):
         self.root, self.crop, self.train, self.seed = Path(root), int(crop), bool(train), int(seed)
         self.label_dir = Path(label_dir) if label_dir is not None else None
         self.scale_range, self.jitter = tuple(scale_range), float(jitter)
+        self.with_gt = bool(with_gt)
         self.ids = read_split(root, split)
         check_ids(root, self.ids, need_masks=True, split=split, label_dir=self.label_dir)
+        if self.with_gt:
+            check_ids(root, self.ids, need_masks=True, split=split)
+            self.image_labels = _labelled_ids(root, split)[1]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -218,13 +240,26 @@ class SegmentationDataset(Dataset):
             raise WsssInputError(
                 f"{mpath}: mask size {mask.shape} differs from image {ipath} size {img.shape[:2]}; regenerate the mask"
             )
+        if self.with_gt:  # the ground truth beside the labels, augmented alike
+            gpath = mask_path(self.root, image_id)
+            gt = read_label_png(gpath)
+            if gt.shape != mask.shape:
+                raise WsssInputError(
+                    f"{mpath}: mask size {mask.shape} differs from the ground truth {gpath} {gt.shape}"
+                )
+            mask = np.stack([mask, gt], -1)
         if self.train:
             x, mask = augment(img, mask, self.crop, sample_rng(self.seed, index), self.scale_range, self.jitter)
             image = _chw(x)
         else:
             image = normalize(img)
-        label = torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))
-        return {"image": image, "label": label, "id": image_id}
+        out = {"image": image, "id": image_id}
+        if self.with_gt:
+            mask, gt = mask[..., 0], mask[..., 1]
+            out["gt"] = torch.from_numpy(np.ascontiguousarray(gt).astype(np.int64))
+            out["classes"] = multi_hot(self.image_labels[image_id])
+        out["label"] = torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))
+        return out
 
 
 class ImageDataset(Dataset):

@@ -125,10 +125,13 @@ class TrainState:
     config: dict
     epoch: int = 0
     history: list = field(default_factory=list)
+    # modules besides the model whose state a resume must restore (an EMA teacher, a prototype memory)
+    companions: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
             "model": self.model.state_dict(),
+            "companions": {k: m.state_dict() for k, m in self.companions.items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
@@ -150,6 +153,8 @@ class TrainState:
             log.info("ignoring %s: it was written under another config, code version or input files", state_path)
             return False
         self.model.load_state_dict(state["model"])
+        for k, m in self.companions.items():
+            m.load_state_dict(state["companions"][k])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = state["epoch"]
@@ -373,6 +378,8 @@ def train(
     extra: dict | None = None,
     desc: str = "train",
     section: str | None = None,
+    companions: dict[str, torch.nn.Module] | None = None,
+    post_step: Callable[[], None] | None = None,
 ) -> list[dict]:
     """Train ``net`` on ``dataset`` with the schedule ``tcfg`` (a config ``train`` section), then write the final
     checkpoint to ``out`` and delete the resumable state. ``objective(x, batch)`` returns loss tensors including
@@ -386,6 +393,10 @@ def train(
     divide it). The net is moved to :func:`wsss.engine.distributed.device`; the objective's other modules must
     follow ``net``'s device. Returns the per-epoch history without wall-clock timings (metric files must be
     deterministic).
+
+    ``companions`` ({name: module}): modules the objective keeps besides ``net`` (an EMA teacher, a prototype
+    memory), saved in the resumable state and restored with it. ``post_step()`` runs after every optimiser step
+    (the EMA teacher's update).
     """
     world, rank = dist.world_size(), dist.rank()
     global_batch = tcfg["batch_size"]
@@ -411,7 +422,7 @@ def train(
     scheduler = build_scheduler(optimizer, tcfg, steps_per_epoch * tcfg["epochs"])
     resolved = plain(resolved)
     resolved["inputs"] = {k: path_digest(p) for k, p in sorted((inputs or {}).items()) if p is not None}
-    state = TrainState(net, optimizer, scheduler, resolved)
+    state = TrainState(net, optimizer, scheduler, resolved, companions=dict(companions or {}))
     forward = objective
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -446,6 +457,8 @@ def train(
         losses["loss"].backward()
         optimizer.step()
         scheduler.step()
+        if post_step is not None:
+            post_step()
         return {k: float(v.detach()) for k, v in losses.items()}
 
     fit(

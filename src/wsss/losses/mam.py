@@ -28,7 +28,14 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["fuse_multiscale", "attentive_weight", "mam_loss", "MEASURES"]
+__all__ = [
+    "fuse_multiscale",
+    "attentive_weight",
+    "mam_loss",
+    "MEASURES",
+    "dissimilarity_target",
+    "dissimilarity_mam_loss",
+]
 
 MEASURES = ("l1", "l2", "kl")
 
@@ -155,3 +162,54 @@ def mam_loss(
         d = _dissimilarity(m, t, measure, eps)
         total = total + (w * u * d).sum()
     return total / (len(main_cams_per_scale) * denom.clamp_min(1.0))
+
+
+# --- the authors' compiled code (inferred; issue 16, docs/methods.md "Authors' formulation") ---------------------
+
+
+def dissimilarity_target(main: torch.Tensor, support_cams: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The (2 - cos)-weighted multi-scale target of the authors' compiled code (inferred), under stop-gradient.
+
+        cos^s_bc = <M_bc, S^s_bc> / (||M_bc|| ||S^s_bc||)        (over the h x w map of class c of image b)
+        T_bc = 1/|S| sum_s (2 - cos^s_bc) * S^s_bc
+
+    ``main`` M [B,K,h,w] (one MainNet scale), ``support_cams`` S^s: SupportNet's CAMs at each of its scales,
+    each [B,K,h,w]. A scale whose CAM looks least like MainNet's weighs most (the "dissimilarity").
+    """
+    if len(support_cams) == 0:
+        raise ValueError("need SupportNet's CAMs at one scale at least")
+    m = main.detach().flatten(2)
+    target = torch.zeros_like(main, dtype=support_cams[0].dtype)
+    for s in support_cams:
+        if s.shape != main.shape:
+            raise ValueError(
+                f"SupportNet CAM {tuple(s.shape)} and MainNet CAM {tuple(main.shape)} differ; resize first"
+            )
+        cos = torch.nn.functional.cosine_similarity(m, s.detach().flatten(2), dim=-1, eps=1e-8)  # [B,K]
+        target = target + (2.0 - cos)[:, :, None, None] * s.detach()
+    return target / len(support_cams)
+
+
+def dissimilarity_mam_loss(
+    main_cams_per_scale: Sequence[torch.Tensor],
+    support_cams: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+) -> torch.Tensor:
+    """MAM of the authors' compiled code (inferred): L1 from each MainNet scale to its detached target.
+
+        L = sum_{k in main scales} sum_{b,c in Y_b,i} | T^k_bc(i) - M^k_bc(i) | / (h w sum_b |Y_b|),
+        T^k = dissimilarity_target(M^k, {S^s})
+
+    Summed over MainNet's scales (as that code does), averaged over the image classes' pixels (our choice: the
+    compiled code's reduction over classes is not recoverable; absent classes are left out here).
+    """
+    if len(main_cams_per_scale) == 0:
+        raise ValueError("need at least one MainNet scale")
+    present = labels.to(main_cams_per_scale[0].dtype)[:, :, None, None]
+    h, w = main_cams_per_scale[0].shape[-2:]
+    denom = (present.sum() * h * w).clamp_min(1.0)
+    total = main_cams_per_scale[0].new_zeros(())
+    for m in main_cams_per_scale:
+        t = dissimilarity_target(m, support_cams)
+        total = total + ((t - m).abs() * present).sum()
+    return total / denom

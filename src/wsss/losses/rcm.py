@@ -31,6 +31,9 @@ __all__ = [
     "class_prototypes",
     "pixel_prototype_contrast",
     "PrototypeMemory",
+    "multiscale_region_masks",
+    "leave_one_out_prototypes",
+    "PrototypeQueue",
 ]
 
 IGNORE_INDEX = 255
@@ -208,3 +211,94 @@ class PrototypeMemory(nn.Module):
 
     def get(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.protos.clone(), self.seen.clone()
+
+
+# --- the authors' compiled code (inferred; issue 16, docs/methods.md "Authors' formulation") ---------------------
+
+
+def multiscale_region_masks(cams_per_scale, labels: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Region masks of the authors' compiled code (inferred): every pixel is a class or background, none ignored.
+
+        A_bc(i) = [c in Y_b] * sum_s relu(CAM^s_bc(i))        (the CAMs at each scale, resized to one grid)
+        A~_bc(i) = A_bc(i) / max_j A_bc(j)
+        R_b(i) = argmax_c A~_bc(i) + 1   if max_c A~_bc(i) >= threshold,   else 0 (background)
+
+    ``cams_per_scale``: a sequence of [B,K,h,w] CAMs (ReLU'd or raw: the ReLU is applied here), ``labels`` [B,K].
+    ``threshold`` is TH, whose value the compiled code does not give (a config option, docs/methods.md).
+    Returns int64 [B,h,w] with values in {0, ..., K}.
+    """
+    if len(cams_per_scale) == 0:
+        raise ValueError("need the CAMs of at least one scale")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"the region threshold must lie in [0, 1], got {threshold}")
+    a = sum(F.relu(c) for c in cams_per_scale) * labels.to(cams_per_scale[0].dtype)[:, :, None, None]
+    a = a / (a.amax(dim=(-2, -1), keepdim=True) + 1e-5)
+    maxv, argc = a.max(dim=1)
+    return torch.where(maxv >= threshold, argc + 1, torch.zeros_like(argc))
+
+
+def leave_one_out_prototypes(
+    features: torch.Tensor,
+    region: torch.Tensor,
+    num_classes: int = 21,
+    memory: torch.Tensor | None = None,
+    memory_count: torch.Tensor | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cross-image prototypes of the authors' compiled code (inferred): image i is contrasted with the prototypes of
+    the OTHER images of the batch.
+
+        q_bk = normalize( sum_{i: R_b(i)=k} f~_b(i) )                       (per image and class; f~ = f / ||f||)
+        p_bk = normalize( (sum_{b' != b, k in b'} q_b'k + sum_m M_mk) / (#{b' != b: k in b'} + n_k) )
+
+    ``features`` [B,D,h,w] (SupportNet's, of the second view), ``region`` [B,h,w] from
+    :func:`multiscale_region_masks` (class k + 1; 0 = background, a prototype of its own). ``memory`` [K,N,D] with
+    ``memory_count`` [K] valid entries per class (optional): earlier batches' prototypes added to every image's
+    mean. ``reduce`` (DDP): the batch sums are all-reduced, so "the other images" are those of the global batch.
+    Returns (protos [B,K,D], present [B,K], q [B,K,D] with its own mask ``q.norm(dim=-1) > 0``: this batch's
+    per-image prototypes, for the memory).
+    """
+    if features.shape[-2:] != region.shape[-2:]:
+        raise ValueError(f"features {tuple(features.shape)} and region {tuple(region.shape)} differ in size")
+    f = F.normalize(features, dim=1)
+    onehot = _region_onehot(region, num_classes).to(f.dtype)  # [B,N,K]
+    q = F.normalize(torch.einsum("bnk,bdn->bkd", onehot, f.flatten(2)), dim=-1)  # [B,K,D]; zero where absent
+    has = (onehot.sum(dim=1) > 0).to(f.dtype)  # [B,K]
+    total, count = q.sum(0), has.sum(0)  # [K,D], [K]
+    if reduce is not None:
+        total, count = reduce(total), reduce(count)
+    others, n_others = total[None] - q, count[None] - has  # [B,K,D], [B,K]
+    if memory is not None and memory_count is not None:
+        others = others + memory.to(f.dtype).sum(1)[None]
+        n_others = n_others + memory_count.to(f.dtype)[None]
+    present = n_others > 0.5
+    protos = F.normalize(others / n_others.clamp_min(1.0).unsqueeze(-1), dim=-1)
+    return protos * present.unsqueeze(-1).to(protos.dtype), present, q
+
+
+class PrototypeQueue(nn.Module):
+    """The authors' optional memory (inferred): the last ``size`` prototypes of each class, first in first out.
+
+    ``push(q, has)`` appends the batch's mean prototype of each class present in it (detached; under DDP the
+    caller passes the global batch's); ``get()`` returns (entries [K,size,D], count [K]) for
+    :func:`leave_one_out_prototypes`. A buffer, so a resumed training restores it.
+    """
+
+    def __init__(self, num_classes: int = 21, dim: int = 128, size: int = 5):
+        super().__init__()
+        if size < 1:
+            raise ValueError("the prototype queue needs size >= 1")
+        self.register_buffer("entries", torch.zeros(num_classes, size, dim))
+        self.register_buffer("count", torch.zeros(num_classes, dtype=torch.long))
+
+    @torch.no_grad()
+    def push(self, protos: torch.Tensor, present: torch.Tensor) -> None:
+        """``protos`` [K,D] (rows of absent classes ignored), ``present`` [K] bool."""
+        p = protos.detach().to(self.entries.dtype)
+        for k in torch.nonzero(present.bool()).flatten().tolist():
+            self.entries[k] = torch.cat([self.entries[k, 1:], p[k : k + 1]], dim=0)
+            self.count[k] = min(int(self.count[k]) + 1, self.entries.shape[1])
+
+    def get(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # only the newest count[k] rows of class k are filled; the older rows are zeros and add nothing
+        return self.entries.clone(), self.count.clone()

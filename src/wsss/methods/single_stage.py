@@ -15,21 +15,51 @@ Step (variant flags ``aa`` and ``lr``, :data:`wsss.variants.SINGLE_STAGE_VARIANT
 Before ``warmup_epochs`` only the classification term trains (1-stage's TRAIN.PRETRAIN). PAMR and the pseudo
 ground truth carry no gradient.
 
+The controlled-noise experiment (issue 16, stage ``train_noisy``) passes ``target``: fixed (corrupted) label maps
+that replace the PAMR pseudo GT, and ``gt``, the true masks, against which each step records LR's flips (how many
+pixels it moved, how many of those moves restore the true label, how many target pixels were wrong) and the
+agreement of the segmentation prediction with the target and with the truth (memorisation shows as agreement with
+the target rising above agreement with the truth).
+
 Test-time inference: :mod:`wsss.methods.single_stage_inference`.
 """
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
+from wsss.io import WsssInputError
 from wsss.losses import classification
 from wsss.losses.adaptive_affinity import adaptive_affinity_loss
 from wsss.losses.label_reassign import class_centres, label_reassign_loss, reassign
 from wsss.losses.single_stage import IGNORE_INDEX, class_scores, mask_loss, pseudo_gt
-from wsss.models.single_stage import SingleStageNet
+from wsss.models.backbones import init_from_supportnet
+from wsss.models.single_stage import SingleStageNet, single_stage_from_config
 from wsss.refine.pamr import pamr_present
 from wsss.variants import SINGLE_STAGE_VARIANTS
+
+log = logging.getLogger("wsss")
+
+
+def build_net(scfg, support: Path | None) -> SingleStageNet:
+    """The single-stage net of the ``single_stage`` section, its backbone from SupportNet's checkpoint
+    ``support`` when ``init_from_supportnet`` asks for it."""
+    net = single_stage_from_config(scfg)
+    if scfg["init_from_supportnet"]:
+        if support is None:
+            raise WsssInputError(
+                "single_stage.init_from_supportnet is true: pass the SupportNet checkpoint (--support)"
+            )
+        log.info(
+            "single-stage backbone initialised from %s (%d tensors)",
+            support,
+            init_from_supportnet(net.backbone, support, key="single_stage.init_from_supportnet"),
+        )
+    return net
 
 
 class SingleStageObjective:
@@ -55,7 +85,13 @@ class SingleStageObjective:
             pgt = pseudo_gt(refined, labels, **s["pseudo_gt"])
         return pgt, refined
 
-    def __call__(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, x: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None = None, gt: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The losses of one batch; ``target`` / ``gt`` ([B,H,W] at the input's size, 255 ignored): the fixed
+        segmentation targets of the noise experiment and the truth they were corrupted from (module docstring)."""
+        if (target is None) != (gt is None):
+            raise ValueError("the noise experiment passes both target and gt (or neither)")
         s = self.scfg
         warm = self.epoch < s["warmup_epochs"]
         out = self.net(x, with_embedding=self.use_lr and not warm)
@@ -67,8 +103,16 @@ class SingleStageObjective:
             extra["loss_aa"] = zero
         if self.use_lr:
             extra.update(loss_lr=zero, lr_reassigned=zero)
+        if target is not None:
+            extra.update(agree_target=zero, agree_gt=zero)
+            if self.use_lr:
+                extra.update(lr_flips=zero, lr_flips_correct=zero, target_wrong=zero)
         if not warm:
-            pgt, refined = self.pseudo_labels(x, logits, labels)
+            if target is None:
+                pgt, refined = self.pseudo_labels(x, logits, labels)
+            else:  # the noise experiment: the given labels on the label grid (nearest), full confidence
+                pgt, gt_grid = (_to_grid(t, x.shape[-2:], s["label_stride"]) for t in (target, gt))
+                refined = torch.ones(pgt.shape[0], 1, *pgt.shape[-2:], dtype=logits.dtype, device=logits.device)
             grid = pgt.shape[-2:]
             seg_logits = out["seg_logits"]
             up = F.interpolate(seg_logits, size=grid, mode="bilinear", align_corners=True)
@@ -86,6 +130,8 @@ class SingleStageObjective:
                 else:  # the centres train first (lr.start_epoch): no pixel moves yet
                     new = pgt
                 extra["lr_reassigned"] = ((new != pgt) & (pgt != IGNORE_INDEX)).float().mean()
+                if target is not None:
+                    extra.update(flip_stats(pgt, new, gt_grid))
                 extra["loss_lr"] = c["weight"] * label_reassign_loss(emb, new, centres, present, c["temperature"])
                 if c["relabel_segmentation"]:
                     seg_target = new
@@ -110,6 +156,41 @@ class SingleStageObjective:
                     weighting=c["weighting"],
                     confidence=conf,
                 )
+            if target is not None:
+                with torch.no_grad():
+                    pred = up.argmax(1)
+                    extra["agree_target"] = _agreement(pred, pgt)
+                    extra["agree_gt"] = _agreement(pred, gt_grid)
         losses.update(extra)
         losses["loss"] = sum(v for k, v in losses.items() if k.startswith("loss_"))
         return losses
+
+
+def _to_grid(t: torch.Tensor, size, stride: int) -> torch.Tensor:
+    """A [B,H,W] label map on the label grid (input size // stride), nearest."""
+    grid = (max(1, size[0] // stride), max(1, size[1] // stride))
+    return F.interpolate(t[:, None].float(), size=grid, mode="nearest")[:, 0].long()
+
+
+def _agreement(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    valid = ref != IGNORE_INDEX
+    return (pred[valid] == ref[valid]).float().mean() if bool(valid.any()) else pred.new_zeros((), dtype=torch.float)
+
+
+@torch.no_grad()
+def flip_stats(target: torch.Tensor, new: torch.Tensor, gt: torch.Tensor) -> dict[str, torch.Tensor]:
+    """LR's reassignments against the truth, as shares of the pixels where target and truth are both labelled:
+
+        lr_flips          = [y' != y]                         (pixels LR moved, to a class or to 255)
+        lr_flips_correct  = [y' != y] * [y != g] * [y' in {g, 255}]   (a move that removes a wrong label)
+        target_wrong      = [y != g]                           (pixels whose target is wrong)
+
+    precision = lr_flips_correct / lr_flips, recall = lr_flips_correct / target_wrong (epoch means divided:
+    the per-step denominators are equal, so the ratio of means is the ratio of sums). Moving a wrong label to
+    255 (mode ``ignore``) counts as a correction: it stops training on it."""
+    valid = (target != IGNORE_INDEX) & (gt != IGNORE_INDEX)
+    n = valid.sum().clamp_min(1).float()
+    flip = valid & (new != target)
+    wrong = valid & (target != gt)
+    fixed = flip & wrong & ((new == gt) | (new == IGNORE_INDEX))
+    return {"lr_flips": flip.sum() / n, "lr_flips_correct": fixed.sum() / n, "target_wrong": wrong.sum() / n}

@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.data import voc
 from wsss.data.datasets import normalize
 from wsss.evaluation import predict_probs
+from wsss.io import read_image
 from wsss.losses.single_stage import class_scores
 from wsss.methods.single_stage import SingleStageObjective
 from wsss.refine.crf import crf_postprocess
@@ -45,6 +47,12 @@ def postprocess(probs: np.ndarray, keep: np.ndarray, bg_pow: float) -> np.ndarra
     out[1:] *= keep.astype(out.dtype)[:, None, None]
     out[0] = np.power(out[0], bg_pow)
     return out
+
+
+def predict_image(image_id: str, *, rec: ScoreRecorder, data, tcfg):
+    """(id, label, CRF label) of one image of the dataset at ``data`` (a worker function of the val evaluations)."""
+    pred, pred_crf = predict(rec, read_image(voc.image_path(data, image_id)), tcfg)
+    return image_id, pred, pred_crf
 
 
 def predict(rec: ScoreRecorder, img: np.ndarray, tcfg, labels: np.ndarray | None = None):

@@ -7,10 +7,18 @@ from pathlib import Path
 from typing import Any
 
 from wsss.io import read_json, write_text
-from wsss.report.figures import make_figures
+from wsss.report.figures import make_figures, noise_curves
 from wsss.report.html import page_html, tables_markdown
 from wsss.report.inputs import load_experiment
-from wsss.report.tables import Table, ablation_over_seeds, build_tables, seed_spread, stacked_csv_frame
+from wsss.report.tables import (
+    Table,
+    ablation_over_seeds,
+    build_tables,
+    noise_experiment,
+    noise_memorisation,
+    seed_spread,
+    stacked_csv_frame,
+)
 
 __all__ = ["build_report", "Table"]
 
@@ -30,6 +38,8 @@ def build_report(
     seeds: Sequence[int] | None = None,
     rw_nets: Sequence[str] = (),
     ss_variants: Sequence[str] = (),
+    noise: Sequence[str] = (),
+    noise_variants: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write ``tables.md``, ``tables.csv``, ``index.html`` and ``figures/*.png`` under ``out_dir``.
 
@@ -49,6 +59,8 @@ def build_report(
         final_net=final_net,
         rw_nets=rw_nets,
         ss_variants=ss_variants,
+        noise=noise,
+        noise_variants=noise_variants,
     )
     if seeds:
         exps = [
@@ -59,7 +71,11 @@ def build_report(
     exp = exps[0]
     out = Path(out_dir)
     tables = build_tables(exp, config) + [ablation_over_seeds(exps), seed_spread(exps)]
+    if noise:
+        tables += [noise_experiment(exps), noise_memorisation(exps)]
     figures, skipped_figs = make_figures(exp, out / "figures", n_qualitative)
+    if noise:
+        figures["noise_curves"] = noise_curves(exps, out / "figures" / "noise_curves.png")
 
     notes = [
         "Numbers are mIoU x100 from this run's metric files. Published peer numbers are real-VOC results "

@@ -93,6 +93,32 @@ def training_curves(exp: Experiment, path: Path) -> Path | None:
     return save(fig, path)
 
 
+def noise_curves(exps: list[Experiment], path: Path) -> Path:
+    """Val mIoU against the noise rate, one panel per corruption kind, one line per single-stage variant (mean over
+    the seeds, error bars 1 sd); the clean setting is every curve's rate-0 point."""
+    from wsss.report.tables import SS_LABELS
+
+    labels = exps[0].noisy_labels
+    kinds = list(dict.fromkeys(d["kind"] for d in labels.values() if d["kind"] != "clean"))
+    variants = list(dict.fromkeys(v for (_, v) in exps[0].noisy_seg))
+    fig = Figure(figsize=(3.6 * max(1, len(kinds)), 3.2))
+    axes = fig.subplots(1, max(1, len(kinds)), squeeze=False)[0]
+    for ax, kind in zip(axes, kinds or ["clean"]):
+        settings = sorted(
+            (z for z, d in labels.items() if d["kind"] in (kind, "clean")), key=lambda z: float(labels[z]["rate"])
+        )
+        for v in variants:
+            vals = np.array([[100 * float(e.noisy_seg[(z, v)]["miou"]) for z in settings] for e in exps])
+            x = [100 * float(labels[z]["rate"]) for z in settings]
+            sd = vals.std(0, ddof=1) if len(exps) > 1 else np.zeros(len(settings))
+            ax.errorbar(x, vals.mean(0), yerr=sd, marker="o", capsize=3, label=SS_LABELS.get(v, v))
+        ax.set(title=kind, xlabel="noise rate (% of object pixels)", ylabel="val mIoU (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)
+
+
 # ------------------------------------------------------------------------------------------ image grids
 def _grid(rows: list[list[tuple[str, np.ndarray, dict]]], path: Path, title: str) -> Path:
     """rows of (column title, image, imshow overlay kwargs or {}); an overlay is drawn over the previous tile."""

@@ -22,6 +22,10 @@ NET_LABELS = {
     "mainnet_rcm": "MainNet +RCM",
     "mainnet_mam": "MainNet +MAM",
     "mainnet_rcm_mam": "MainNet +RCM+MAM",
+    "mainnet_authors_frozen": "MainNet authors' RCM+MAM, frozen SupportNet",
+    "mainnet_authors_rcm": "MainNet authors' RCM, mean teacher",
+    "mainnet_authors_mam": "MainNet authors' MAM, mean teacher",
+    "mainnet_authors": "MainNet authors' RCM+MAM, mean teacher",
 }
 ABLATION_ORDER = tuple(NET_LABELS)
 NET_LABELS.update(
@@ -67,6 +71,10 @@ class Experiment:
     seg: dict[str, dict] = field(default_factory=dict)
     rw: dict[str, dict] = field(default_factory=dict)  # random-walk pseudo labels, keyed by net
     ss: dict[str, dict] = field(default_factory=dict)  # single-stage (AA&LR) evaluations, keyed by variant
+    # the controlled-noise experiment (issue 16): labels keyed by setting, training and val scores by (setting, variant)
+    noisy_labels: dict[str, dict] = field(default_factory=dict)
+    noisy_train: dict[tuple[str, str], dict] = field(default_factory=dict)
+    noisy_seg: dict[tuple[str, str], dict] = field(default_factory=dict)
     paths: dict[str, Path] = field(default_factory=dict)  # file stem -> path of every file read
     skipped: list[str] = field(default_factory=list)  # optional files that were missing
     final_net: str | None = None  # the MainNet whose pseudo labels feed the segmentation (config's final_variant)
@@ -147,6 +155,8 @@ def load_experiment(
     seed: int | None = None,
     rw_nets: Sequence[str] = (),
     ss_variants: Sequence[str] = (),
+    noise: Sequence[str] = (),
+    noise_variants: Sequence[str] = (),
 ) -> Experiment:
     """Read ``metrics/{train,cam}_<net>.json``, ``pseudo_<net>_crf.json`` and ``seg_<source>.json``.
 
@@ -187,6 +197,23 @@ def load_experiment(
         if kind != "train":
             num(d, "miou", path, required=True)
         getattr(exp, kind)[name] = d
+        exp.paths[stem] = path
+    wanted_noise = [("noisy_labels", f"noisy_{z}", z) for z in noise] + [
+        (kind, f"{pre}_{z}_{v}", (z, v))
+        for z in noise
+        for v in noise_variants
+        for kind, pre in (("noisy_train", "train_noisy"), ("noisy_seg", "seg_noisy"))
+    ]
+    for kind, stem, key in wanted_noise:
+        path = metrics / f"{stem}.json"
+        if not path.is_file():
+            raise WsssInputError(f"{path}: required metric file of the noise experiment not found; run its stage")
+        d = read_json(path)
+        if not isinstance(d, dict):
+            raise WsssInputError(f"{path}: expected a JSON object; re-run the stage that writes it")
+        if kind == "noisy_seg":
+            num(d, "miou", path, required=True)
+        getattr(exp, kind)[key] = d
         exp.paths[stem] = path
     return exp
 

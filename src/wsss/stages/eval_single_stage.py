@@ -19,15 +19,9 @@ from wsss.data.datasets import multi_hot
 from wsss.evaluation import held_out, per_class_dict, score_predictions, scores_with_crf
 from wsss.io import atomic_dir, read_image, read_label_png, write_json
 from wsss.methods.single_stage import SingleStageObjective
-from wsss.methods.single_stage_inference import ScoreRecorder, pamr_pseudo_label, predict
+from wsss.methods.single_stage_inference import ScoreRecorder, pamr_pseudo_label, predict, predict_image
 from wsss.models.single_stage import load_single_stage
 from wsss.parallel import imap_ordered
-
-
-def _val_one(image_id: str, *, rec: ScoreRecorder, data: Path, tcfg: dict):
-    img = read_image(voc.image_path(data, image_id))
-    pred, pred_crf = predict(rec, img, tcfg)
-    return image_id, pred, pred_crf
 
 
 def _pseudo_one(
@@ -93,7 +87,7 @@ def run(cfg, *, seed: int, variant: str, data: Path, ckpt: Path, metrics: Path, 
     ids = voc.read_split(data, split)
     voc.check_ids(data, ids, need_masks=True, split=split)
     with atomic_dir(pred) as tmp:
-        fn = partial(_val_one, rec=rec, data=data, tcfg=tcfg)
+        fn = partial(predict_image, rec=rec, data=data, tcfg=tcfg)
         res, res_crf = score_predictions(
             fn,
             ids,

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from wsss.report import build_report
-from wsss.variants import nets, seg_sources, single_stage_variants
+from wsss.variants import nets, noise_settings, noise_variants, seg_sources, single_stage_variants
 
 log = logging.getLogger("wsss")
 
@@ -26,6 +26,8 @@ def run(cfg, *, data: Path, out: Path, exp: str, threads: int = 1) -> None:
         seeds=full["seeds"],
         rw_nets=full["refine"]["random_walk"]["nets"],
         ss_variants=single_stage_variants(full),
+        noise=noise_settings(full),
+        noise_variants=noise_variants(full),
     )
     for row in summary.get("headline", []):
         log.info("headline: %s", row)

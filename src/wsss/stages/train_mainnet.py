@@ -1,6 +1,7 @@
 """Stage train_mainnet: one MainNet variant (the RCM / MAM ablation; ``baseline`` is the fair control, ``puzzle``
 and ``hide_and_seek`` the positive controls), trained from the frozen SupportNet
-(:class:`wsss.methods.mainnet.MainNetObjective`). MainNet has SupportNet's architecture (the backbone config is
+(:class:`wsss.methods.mainnet.MainNetObjective`; the authors_* variants: the formulation read from the authors'
+compiled code, with SupportNet as MainNet's mean teacher where the variant has ``teacher``). MainNet has SupportNet's architecture (the backbone config is
 read from SupportNet's checkpoint) and, with ``mainnet.init_from_supportnet``, its weights.
 """
 
@@ -43,19 +44,15 @@ def run(
         p.requires_grad_(False)
     if section["init_from_supportnet"]:
         net.load_state_dict(frozen.state_dict())
-    ds = ClassificationDataset(data, cfg["data"]["train_split"], crop=tcfg["crop"], train=True, seed=seed)
-    objective = MainNetObjective(
-        net,
-        frozen,
-        variant,
-        section,
-        steps_per_epoch=len(ds) // tcfg["batch_size"],
-        epochs=tcfg["epochs"],
-        seed=seed,
+    objective = MainNetObjective(net, frozen, variant, section, epochs=tcfg["epochs"], seed=seed)
+    ds = ClassificationDataset(
+        data, cfg["data"]["train_split"], crop=tcfg["crop"], train=True, seed=seed, two_views=objective.two_views
     )
+    objective.steps_per_epoch = max(1, len(ds) // tcfg["batch_size"])
     dtype = DTYPES[tcfg["dtype"]]
-    if objective.memory is not None:
-        objective.memory.to(dist.device(), dtype=dtype)
+    for m in (objective.memory, objective.queue):
+        if m is not None:
+            m.to(dist.device(), dtype=dtype)
     frozen.to(dist.device(), dtype=dtype)  # train() moves MainNet there
     if tcfg["channels_last"]:
         frozen.to(memory_format=torch.channels_last)
@@ -70,7 +67,9 @@ def run(
         section="mainnet",
         resolved={"net": name, "section": section, "backbone": backbone, "seed": seed, "data": cfg["data"]},
         inputs={"data": data, "support": support},
-        objective=lambda x, batch: objective(x, batch["label"], batch["id"]),
+        objective=lambda x, batch: objective(x, batch["label"], batch["id"], batch.get("image_p")),
+        companions=objective.companions(),
+        post_step=objective.after_step,
         end_of_epoch=periodic_map(net, data, cfg["data"]["val_split"], tcfg["epochs"]),
         extra={"backbone": backbone},
     )

@@ -3,17 +3,12 @@ end from image labels (:class:`wsss.methods.single_stage.SingleStageObjective`).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from wsss.data.datasets import ClassificationDataset
 from wsss.engine.trainer import EpochAware, seed_everything, train
-from wsss.io import WsssInputError, write_json
-from wsss.methods.single_stage import SingleStageObjective
-from wsss.models.backbones import init_from_supportnet
-from wsss.models.single_stage import single_stage_from_config
-
-log = logging.getLogger("wsss")
+from wsss.io import write_json
+from wsss.methods.single_stage import SingleStageObjective, build_net
 
 
 def run(
@@ -32,17 +27,7 @@ def run(
     scfg = cfg["single_stage"]
     tcfg = scfg["train"]
     seed_everything(seed)
-    net = single_stage_from_config(scfg)
-    if scfg["init_from_supportnet"]:
-        if support is None:
-            raise WsssInputError(
-                "single_stage.init_from_supportnet is true: pass the SupportNet checkpoint (--support)"
-            )
-        log.info(
-            "single-stage backbone initialised from %s (%d tensors)",
-            support,
-            init_from_supportnet(net.backbone, support, key="single_stage.init_from_supportnet"),
-        )
+    net = build_net(scfg, support)
     objective = SingleStageObjective(net, variant, scfg)
     aug = scfg["augment"]
     ds = ClassificationDataset(
