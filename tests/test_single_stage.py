@@ -228,6 +228,47 @@ def test_lr_reassigns_only_from_its_start_epoch(tmp_path, monkeypatch):
     assert calls == [1]
 
 
+@pytest.mark.parametrize("relabel", [False, True])
+def test_relabelled_targets_reach_the_segmentation_loss_only_when_asked(tmp_path, monkeypatch, relabel):
+    """Issue 16: with lr.relabel_segmentation the CE (and AA) train on LR's reassigned labels; without it on the
+    pseudo GT (LR then only trains the embedding head and cannot stop the segmentation head fitting wrong labels)."""
+    from wsss.methods import single_stage as module
+
+    moved = []
+
+    def all_to_background(emb, pgt, *a, **k):  # a reassignment that visibly differs from the pseudo GT
+        new = torch.zeros_like(pgt)
+        moved.append(new)
+        return new
+
+    seen = []
+    real_mask_loss = module.mask_loss
+    monkeypatch.setattr(module, "reassign", all_to_background)
+    monkeypatch.setattr(
+        module, "mask_loss", lambda up, target, *a, **k: seen.append(target) or real_mask_loss(up, target, *a, **k)
+    )
+    obj = _objective(tmp_path, "aa_lr", warmup_epochs=0, lr={"relabel_segmentation": relabel})
+    _two_region_pseudo_gt(obj)
+    x, y = _batch()
+    obj(x, y)
+    assert len(seen) == 1 and len(moved) == 1
+    assert torch.equal(seen[0], moved[0]) == relabel
+    assert (seen[0] == 5).any() != relabel  # the pseudo GT's class-5 half survives only without relabelling
+
+
+def test_the_adversarial_aa_variant_keeps_and_steps_its_kernel_weights(tmp_path):
+    obj = _objective(tmp_path, "aa", warmup_epochs=0, aa={"weighting": "adversarial", "adversarial_lr": 1.0})
+    _two_region_pseudo_gt(obj)
+    assert set(obj.companions()) == {"aa_kernels"}
+    x, y = _batch()
+    out = obj(x, y)
+    out["loss"].backward()
+    assert obj.kernels.logits.grad is not None
+    obj.after_step()
+    assert obj.kernels.logits.abs().sum() > 0 and obj.kernels.logits.grad is None
+    assert _objective(tmp_path, "aa", warmup_epochs=0).companions() == {}
+
+
 def test_aa_weight_scales_the_term(tmp_path):
     outs = []
     for w in (1.0, 2.0):

@@ -6,7 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsss.losses.adaptive_affinity import adaptive_affinity_loss
+from wsss.losses.adaptive_affinity import (
+    KernelWeights,
+    adaptive_affinity_loss,
+    adversarial_affinity_loss,
+    per_class_kernel_losses,
+)
 from wsss.losses.label_reassign import class_centres, label_reassign_loss, reassign
 from wsss.losses.single_stage import class_scores, focal_size_penalty, ngwp_scores, pseudo_gt
 from wsss.refine.pamr import local_affinity, pamr
@@ -84,6 +89,45 @@ def _planted():
     emb[0, 1][y[0] == 1] = 1.0
     emb[0, :, 0, 0] = torch.tensor([0.0, 1.0])
     return emb, y
+
+
+def test_the_per_class_kernel_losses_add_up_to_the_plain_pair_loss():
+    torch.manual_seed(0)
+    logits, pseudo = torch.randn(2, 4, 9, 9), torch.randint(0, 4, (2, 9, 9))
+    pseudo[0, :2] = 255
+    losses, counts = per_class_kernel_losses(logits, pseudo, dilations=(1, 2), margin=3.0)
+    assert losses.shape == counts.shape == (2, 4, 2)
+    total = (losses * counts).sum() / counts.sum()
+    torch.testing.assert_close(total, adaptive_affinity_loss(logits, pseudo, (1, 2), 3.0, weighting="none"))
+    with pytest.raises(ValueError, match="adversarial"):
+        adaptive_affinity_loss(logits, pseudo, weighting="adversarial")
+
+
+def test_the_adversarial_kernel_weights_climb_towards_the_worst_size():
+    """A class whose labels disagree with the prediction only at 2-px steps: the ascent raises that size's weight,
+    while the network's gradient lowers the loss (the minimax of AAF's adaptive affinity fields)."""
+    pseudo = torch.zeros(1, 12, 12, dtype=torch.long)
+    pseudo[:, :, 6:] = 1
+    logits = torch.zeros(1, 2, 12, 12)
+    logits[:, 1, :, 5:] = 4.0  # the prediction's edge one column left of the label's: wrong pairs at both sizes
+    logits.requires_grad_(True)
+    kw = KernelWeights(num_classes=2, num_sizes=2, lr=1.0)
+    loss = adversarial_affinity_loss(logits, pseudo, kw.logits, dilations=(1, 3), margin=3.0)
+    loss.backward()
+    losses, _ = per_class_kernel_losses(logits.detach(), pseudo, (1, 3), 3.0)
+    before = torch.softmax(kw.logits.detach(), -1).clone()
+    kw.ascend()
+    after = torch.softmax(kw.logits.detach(), -1)
+    worst = losses.argmax(-1)  # per (sign, class), the size with the larger loss
+    moved = torch.gather(after - before, -1, worst[..., None])[..., 0]
+    differs = losses[..., 0] != losses[..., 1]
+    assert bool(differs.any()) and bool((moved[differs] > 0).all())
+    assert kw.logits.grad is None
+    stepped = (logits - 0.5 * logits.grad).detach()
+    # the network's descent lowers the loss under the weights it was computed with (the ascent raises it)
+    zeros = torch.zeros_like(kw.logits)
+    assert adversarial_affinity_loss(stepped, pseudo, zeros, (1, 3), 3.0) < loss.detach()
+    assert adversarial_affinity_loss(logits.detach(), pseudo, kw.logits.detach(), (1, 3), 3.0) > loss.detach()
 
 
 def test_reassign_flips_planted_pixel_only():

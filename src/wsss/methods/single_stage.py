@@ -32,9 +32,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from wsss.engine import distributed as dist
 from wsss.io import WsssInputError
 from wsss.losses import classification
-from wsss.losses.adaptive_affinity import adaptive_affinity_loss
+from wsss.losses.adaptive_affinity import KernelWeights, adaptive_affinity_loss, adversarial_affinity_loss
 from wsss.losses.label_reassign import class_centres, label_reassign_loss, reassign
 from wsss.losses.single_stage import IGNORE_INDEX, class_scores, mask_loss, pseudo_gt
 from wsss.models.backbones import init_from_supportnet
@@ -72,6 +73,18 @@ class SingleStageObjective:
         self.net, self.scfg = net, scfg
         self.use_aa, self.use_lr = SINGLE_STAGE_VARIANTS[variant]
         self.epoch = 0
+        self.kernels = None  # AAF's adversarial kernel-size weights (aa.weighting adversarial)
+        if self.use_aa and scfg["aa"]["weighting"] == "adversarial":
+            self.kernels = KernelWeights(21, len(scfg["aa"]["dilations"]), scfg["aa"]["adversarial_lr"])
+
+    def companions(self) -> dict:
+        """Modules besides the net whose state a resumed training restores (wsss.engine.trainer.train)."""
+        return {"aa_kernels": self.kernels} if self.kernels is not None else {}
+
+    def after_step(self) -> None:
+        """After each optimiser step: the adversarial kernel weights take their ascent step."""
+        if self.kernels is not None:
+            self.kernels.ascend(dist.all_reduce_sum, dist.world_size())
 
     def pseudo_labels(self, x: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor):
         """(pseudo GT [B,h,w] on the label grid, PAMR-refined masks [B,C,h,w]); no gradient."""
@@ -148,14 +161,19 @@ class SingleStageObjective:
                         :, 0
                     ].long()
                     conf = F.interpolate(conf[:, None], size=seg_logits.shape[-2:], mode="nearest")[:, 0]
-                extra["loss_aa"] = c["weight"] * adaptive_affinity_loss(
-                    aa_logits,
-                    aa_target,
-                    dilations=c["dilations"],
-                    margin=c["margin"],
-                    weighting=c["weighting"],
-                    confidence=conf,
-                )
+                if self.kernels is not None:
+                    extra["loss_aa"] = c["weight"] * adversarial_affinity_loss(
+                        aa_logits, aa_target, self.kernels.logits, dilations=c["dilations"], margin=c["margin"]
+                    )
+                else:
+                    extra["loss_aa"] = c["weight"] * adaptive_affinity_loss(
+                        aa_logits,
+                        aa_target,
+                        dilations=c["dilations"],
+                        margin=c["margin"],
+                        weighting=c["weighting"],
+                        confidence=conf,
+                    )
             if target is not None:
                 with torch.no_grad():
                     pred = up.argmax(1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wsss.data.datasets import SegmentationDataset
+from wsss.engine import distributed as dist
 from wsss.engine.trainer import EpochAware, seed_everything, train
 from wsss.io import write_json
 from wsss.methods.single_stage import SingleStageObjective, build_net
@@ -59,6 +60,8 @@ def run(
     seed_everything(seed)
     net = build_net(scfg, support)
     objective = SingleStageObjective(net, variant, scfg)
+    if objective.kernels is not None:
+        objective.kernels.to(dist.device())
     aug = scfg["augment"]
     ds = SegmentationDataset(
         data,
@@ -83,6 +86,8 @@ def run(
         resolved={"single_stage": scfg, "variant": variant, "noise": noise, "seed": seed, "data": cfg["data"]},
         inputs={"data": data, "labels": labels, "support": support},
         objective=lambda x, batch: objective(x, batch["classes"], target=batch["label"], gt=batch["gt"]),
+        companions=objective.companions(),
+        post_step=objective.after_step,
         extra={"variant": variant, "noise": noise},
     )
     write_json(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wsss.data.datasets import ClassificationDataset
+from wsss.engine import distributed as dist
 from wsss.engine.trainer import EpochAware, seed_everything, train
 from wsss.io import write_json
 from wsss.methods.single_stage import SingleStageObjective, build_net
@@ -29,6 +30,8 @@ def run(
     seed_everything(seed)
     net = build_net(scfg, support)
     objective = SingleStageObjective(net, variant, scfg)
+    if objective.kernels is not None:
+        objective.kernels.to(dist.device())
     aug = scfg["augment"]
     ds = ClassificationDataset(
         data,
@@ -51,6 +54,8 @@ def run(
         resolved={"single_stage": scfg, "variant": variant, "seed": seed, "data": cfg["data"]},
         inputs={"data": data, "support": support},
         objective=lambda x, batch: objective(x, batch["label"]),
+        companions=objective.companions(),
+        post_step=objective.after_step,
         extra={"variant": variant},
     )
     write_json(
