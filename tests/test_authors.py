@@ -330,3 +330,24 @@ def test_the_stage_trains_the_authors_variant_with_its_mean_teacher(tiny, tmp_pa
     assert all(torch.equal(teacher[k], ref[k]) for k in floats)
     assert not all(torch.equal(ck["model"][k], sk["model"][k]) for k in floats)  # MainNet trained
     assert {"loss_rcm", "loss_mam"} <= set(ck["history"][0])
+
+
+@pytest.mark.parametrize("variant", ["mam", "authors_mam"])
+def test_eval_bn_extra_passes_leave_mainnet_s_statistics_as_the_control_s(tiny, variant):
+    """With extra_pass_bn eval, a MAM step updates MainNet's BN statistics exactly as the fair control's step does
+    (only the scale-1 pass); with train, the extra-scale passes move them too."""
+    cfg, _ = tiny
+    x, y = torch.randn(4, 3, 48, 48), torch.tensor([[1.0, 0.0] + [0.0] * 18] * 4)
+    section = "mam" if variant == "mam" else "authors_mam"
+
+    def stats_after(v, mode):
+        main, support = _nets(cfg)
+        m = {**cfg["mainnet"], section: {**cfg["mainnet"][section], "extra_pass_bn": mode}}
+        MainNetObjective(main, support, v, m)(x, y)
+        return {k: t.clone() for k, t in main.state_dict().items() if "running" in k}
+
+    control = stats_after("baseline", "eval")
+    same = stats_after(variant, "eval")
+    moved = stats_after(variant, "train")
+    assert control and all(torch.allclose(control[k], same[k]) for k in control)
+    assert not all(torch.allclose(control[k], moved[k]) for k in control)

@@ -158,13 +158,13 @@ def test_the_noise_tables_pair_each_seed_with_its_baseline():
         _exp(1, {"clean": 0.7, "erode20": 0.4}, {"clean": 0.7, "erode20": 0.47}, 0.6),
     ]
     f = noise_experiment(exps).frame.set_index(["setting", "variant"])
-    row = f.loc[("erode20", "+LR")]
+    row = f.loc[("erode20", "1-stage +LR")]
     assert row["miou"] == pytest.approx(0.51) and row["delta_vs_baseline"] == pytest.approx(0.06)
     assert row["delta_sd"] == pytest.approx(math.sqrt(2) * 0.01)  # paired: 0.05 and 0.07
     assert row["lr_precision"] == pytest.approx(0.5)
     assert math.isnan(f.loc[("erode20", "1-stage baseline"), "delta_vs_baseline"])
     mem = noise_memorisation(exps).frame.set_index(["setting", "variant"])
-    assert mem.loc[("clean", "+LR"), "agree_gt_drop"] == pytest.approx(0.1)
+    assert mem.loc[("clean", "1-stage +LR"), "agree_gt_drop"] == pytest.approx(0.1)
 
 
 def test_the_noise_curve_figure_is_drawn(tmp_path):

@@ -719,9 +719,6 @@ def ablation_over_seeds(exps: list[Experiment]) -> Table:
 
 
 # ------------------------------------------------------------------------------------------ noise experiment
-SS_LABELS = {"baseline": "1-stage baseline", "aa": "+AA", "lr": "+LR", "aa_lr": "+AA+LR"}
-
-
 def _noise_keys(exps: list[Experiment]) -> tuple[list[str], list[str]]:
     settings = list(exps[0].noisy_labels)
     variants = list(dict.fromkeys(v for (_, v) in exps[0].noisy_seg))
