@@ -351,3 +351,15 @@ def test_eval_bn_extra_passes_leave_mainnet_s_statistics_as_the_control_s(tiny, 
     moved = stats_after(variant, "train")
     assert control and all(torch.allclose(control[k], same[k]) for k in control)
     assert not all(torch.allclose(control[k], moved[k]) for k in control)
+
+
+def test_one_view_prototypes_equal_two_views_given_the_same_view(tiny):
+    """two_views false takes the prototypes from view a: the same loss as two views whose view p is view a."""
+    cfg, _ = tiny
+    x, y = torch.randn(4, 3, 48, 48), torch.tensor([[1.0, 0.0] + [0.0] * 18, [0.0, 1.0] + [0.0] * 18] * 2)
+    losses = []
+    for two in (False, True):
+        main, support = _nets(cfg)
+        m = {**cfg["mainnet"], "authors_rcm": {**cfg["mainnet"]["authors_rcm"], "two_views": two}}
+        losses.append(MainNetObjective(main, support, "authors_rcm", m)(x, y, x_p=x if two else None)["loss_rcm"])
+    torch.testing.assert_close(losses[0], losses[1])

@@ -2,10 +2,12 @@
 path, the three stages on a tiny benchmark, the DAG's jobs and the report's tables."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from wsss import config, registry
 from wsss.data import synthetic
@@ -139,7 +141,7 @@ def test_the_dag_trains_every_setting_and_variant_only_when_enabled():
 
 
 def _exp(seed, miou_base, miou_lr, prec):
-    e = Experiment(root=__import__("pathlib").Path("."), nets=[], crf_nets=[], seg_sources=[], seed=seed)
+    e = Experiment(root=Path("."), nets=[], crf_nets=[], seg_sources=[], seed=seed)
     for z, rate in (("clean", 0.0), ("erode20", 0.2)):
         e.noisy_labels[z] = {"kind": "clean" if z == "clean" else "erode", "rate": rate, "achieved_rate": rate}
         for v, m in (("baseline", miou_base[z]), ("lr", miou_lr[z])):
@@ -173,7 +175,7 @@ def test_the_noise_curve_figure_is_drawn(tmp_path):
     exps = [_exp(s, {"clean": 0.6, "erode20": 0.5}, {"clean": 0.6, "erode20": 0.55}, 0.5) for s in (0, 1)]
     out = noise_curves(exps, tmp_path / "n.png")
     assert out.is_file() and out.stat().st_size > 1000
-    assert np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out)).ndim == 3
+    assert np.asarray(Image.open(out)).ndim == 3
 
 
 def test_a_supportnet_initialised_single_stage_net_needs_the_checkpoint():

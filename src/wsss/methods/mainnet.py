@@ -30,7 +30,7 @@ from wsss.engine import distributed as dist
 from wsss.engine.ema import ema_update
 from wsss.io import WsssInputError
 from wsss.losses import classification, mam, puzzle, rcm
-from wsss.models.cam_net import CAMNet, cams_at_scales, normalize_cam
+from wsss.models.cam_net import CAMNet, cams_at_scales, normalize_cam, rescale
 from wsss.variants import MAINNET_VARIANTS
 
 
@@ -128,7 +128,7 @@ class MainNetObjective:
         cams, feats = [], None
         with torch.no_grad():
             for s in scales:
-                o = self.support(x if s == 1.0 else _rescale(x, s))
+                o = self.support(rescale(x, s))
                 cams.append(F.interpolate(F.relu(o["cam"]), size=size, mode="bilinear", align_corners=False))
                 if s == 1.0:
                     feats = o["features"]
@@ -140,23 +140,24 @@ class MainNetObjective:
         size = out["cam"].shape[-2:]
         losses, cache = {}, {}
 
-        def support_cams(scales):
+        def support_pass(scales):  # (CAMs, scale-1 features) of view a, computed once per scale set
             key = tuple(scales)
             if key not in cache:
-                cache[key] = self._support_multiscale(x, scales, size)[0]
+                cache[key] = self._support_multiscale(x, scales, size)
             return cache[key]
 
         if self.arcm_cfg is not None:
             c = self.arcm_cfg
             with torch.no_grad():
-                region = rcm.multiscale_region_masks(support_cams(c["support_scales"]), y, c["threshold"])
+                a_cams, a_feats = support_pass(c["support_scales"])
+                region = rcm.multiscale_region_masks(a_cams, y, c["threshold"])
                 if c["two_views"]:
                     if x_p is None or x_p.shape != x.shape:
                         raise ValueError("mainnet.authors_rcm.two_views needs the second view of every image (image_p)")
                     p_cams, p_feats = self._support_multiscale(x_p, c["support_scales"], size)
                     region_p = rcm.multiscale_region_masks(p_cams, y, c["threshold"])
                 else:  # the prototypes from the same view as MainNet's
-                    p_feats, region_p = self.support(x)["features"], region
+                    p_feats, region_p = a_feats, region
                 memory, count = self.queue.get() if self.queue is not None else (None, None)
                 protos, present, q = rcm.leave_one_out_prototypes(
                     p_feats, region_p, 21, memory, count, reduce=dist.all_reduce_sum
@@ -173,7 +174,7 @@ class MainNetObjective:
         if self.amam_cfg is not None:
             c = self.amam_cfg
             n = max(1, round(x.shape[0] * c["batch_fraction"]))
-            s_cams = [a[:n] for a in support_cams(c["support_scales"])]
+            s_cams = [a[:n] for a in support_pass(c["support_scales"])[0]]
             yn = y[:n]
             keep = yn.to(out["cam"].dtype)[:, :, None, None]
             m_cams = []
@@ -269,11 +270,6 @@ class MainNetObjective:
         return dist.global_mean(loss, y.sum() * size[0] * size[1])
 
 
-def _rescale(x: torch.Tensor, s: float) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    return F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear", align_corners=False)
-
-
 @contextlib.contextmanager
 def bn_mode(net: torch.nn.Module, mode: str):
     """``mode='eval'``: ``net``'s BatchNorm layers that are training use (and leave unchanged) their running
@@ -281,10 +277,12 @@ def bn_mode(net: torch.nn.Module, mode: str):
     of MainNet's extra-scale passes)."""
     if mode not in ("train", "eval"):
         raise ValueError(f"BatchNorm mode must be 'train' or 'eval', got {mode!r}")
+    if mode == "train":
+        yield
+        return
     bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
-    if mode == "eval":
-        for m in bns:
-            m.eval()
+    for m in bns:
+        m.eval()
     try:
         yield
     finally:

@@ -46,6 +46,15 @@ from wsss.variants import SINGLE_STAGE_VARIANTS
 log = logging.getLogger("wsss")
 
 
+def build_objective(scfg, variant: str, support: Path | None) -> SingleStageObjective:
+    """A training stage's objective: its net from :func:`build_net`, and its own modules (the adversarial kernel
+    weights) on the training device. ``objective.net`` is the net to train."""
+    objective = SingleStageObjective(build_net(scfg, support), variant, scfg)
+    if objective.kernels is not None:
+        objective.kernels.to(dist.device())
+    return objective
+
+
 def build_net(scfg, support: Path | None) -> SingleStageNet:
     """The single-stage net of the ``single_stage`` section, its backbone from SupportNet's checkpoint
     ``support`` when ``init_from_supportnet`` asks for it."""
@@ -157,9 +166,7 @@ class SingleStageObjective:
                 aa_logits, aa_target, conf = up, seg_target, refined.amax(1)
                 if c["grid"] == "logits":  # AAF: labels shrunk (nearest) to the network output's size
                     aa_logits = seg_logits
-                    aa_target = F.interpolate(seg_target[:, None].float(), size=seg_logits.shape[-2:], mode="nearest")[
-                        :, 0
-                    ].long()
+                    aa_target = _nearest(seg_target, seg_logits.shape[-2:])
                     conf = F.interpolate(conf[:, None], size=seg_logits.shape[-2:], mode="nearest")[:, 0]
                 if self.kernels is not None:
                     extra["loss_aa"] = c["weight"] * adversarial_affinity_loss(
@@ -184,10 +191,14 @@ class SingleStageObjective:
         return losses
 
 
+def _nearest(labels: torch.Tensor, size) -> torch.Tensor:
+    """A [B,H,W] label map resized to ``size`` by nearest neighbour."""
+    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
+
+
 def _to_grid(t: torch.Tensor, size, stride: int) -> torch.Tensor:
     """A [B,H,W] label map on the label grid (input size // stride), nearest."""
-    grid = (max(1, size[0] // stride), max(1, size[1] // stride))
-    return F.interpolate(t[:, None].float(), size=grid, mode="nearest")[:, 0].long()
+    return _nearest(t, (max(1, size[0] // stride), max(1, size[1] // stride)))
 
 
 def _agreement(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -66,6 +66,16 @@ def load_cam_net(path) -> tuple[CAMNet, dict]:
     return net.eval(), ckpt
 
 
+def rescale(images: torch.Tensor, s: float) -> torch.Tensor:
+    """``images`` [B,C,H,W] resized by the factor ``s`` (bilinear; at least 1 px a side; ``s`` 1 returns them)."""
+    if s == 1.0:
+        return images
+    H, W = images.shape[-2:]
+    return F.interpolate(
+        images, size=(max(1, round(H * s)), max(1, round(W * s))), mode="bilinear", align_corners=False
+    )
+
+
 def cams_at_scales(
     net: nn.Module,
     images: torch.Tensor,
@@ -86,14 +96,10 @@ def cams_at_scales(
     """
     if activation not in ("relu", "none"):
         raise ValueError(f"activation must be 'relu' or 'none', got {activation!r}")
-    H, W = images.shape[-2:]
-    size = (H, W) if size is None else tuple(size)
+    size = tuple(images.shape[-2:]) if size is None else tuple(size)
     out = []
     for s in scales:
-        x = images
-        if s != 1.0:
-            hs, ws = max(1, round(H * s)), max(1, round(W * s))
-            x = F.interpolate(images, size=(hs, ws), mode="bilinear", align_corners=False)
+        x = rescale(images, s)
         if flip:
             x = torch.cat([x, x.flip(-1)], dim=0)
         cam = net(x)["cam"]

@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from wsss.data.datasets import ClassificationDataset
-from wsss.engine import distributed as dist
 from wsss.engine.trainer import EpochAware, seed_everything, train
 from wsss.io import write_json
-from wsss.methods.single_stage import SingleStageObjective, build_net
+from wsss.methods.single_stage import build_objective
 
 
 def run(
@@ -28,10 +27,8 @@ def run(
     scfg = cfg["single_stage"]
     tcfg = scfg["train"]
     seed_everything(seed)
-    net = build_net(scfg, support)
-    objective = SingleStageObjective(net, variant, scfg)
-    if objective.kernels is not None:
-        objective.kernels.to(dist.device())
+    objective = build_objective(scfg, variant, support)
+    net = objective.net
     aug = scfg["augment"]
     ds = ClassificationDataset(
         data,
