@@ -12,6 +12,9 @@
 - e2e_default (opt-in, ~20 min): the embedded default end to end from scratch (target <= 20 min on 2 cores).
 - e2e_ablation_v2 (opt-in, ~1 hour): issue 14's five-seed ablation on benchmark v2 (config/ablation-v2.yaml).
 - e2e_ablation_v2_noctx (opt-in, ~1.5 hours): the same without co-occurring context (config/ablation-v2-noctx.yaml).
+- e2e_ablation_v3 (opt-in, ~2.5 hours): issue 14's third setting (config/ablation-v3.yaml).
+- e2e_authors (opt-in, ~3.5 hours): issue 16's authors' formulation beside ours (config/authors.yaml).
+  Runs this long are usually made in resumed parts and recorded with `--from-log NAME LOG...`.
 - rw: the sparse random walk at 128², 256², 512² (benchmarks/random_walk.py; target 512² within 4 GB).
 `--doc` renders docs/performance.md from the JSON files (figures against targets).
 """
@@ -270,21 +273,38 @@ def bench_e2e(configfile: str, target_s: float | None, keep: bool = False, overr
     return out
 
 
-def from_log(configfile: str, log_path: str) -> dict:
+def from_log(configfile: str, *log_paths: str) -> dict:
     """The figures of a from-scratch run already made with ``snakemake --cores 2 --configfile ...`` (its Snakemake
     log, from the first job's stamp to the last one's; e.g. a run too long to repeat under this script), in the
-    format of :func:`bench_e2e` without the no-change re-run."""
+    format of :func:`bench_e2e` without the no-change re-run. A run stopped and resumed (``--rerun-incomplete``)
+    gives one log per part: the wall time is the sum of the parts' spans (the pauses between them not counted),
+    and only the last part must end the run."""
     from datetime import datetime
 
-    log = Path(log_path).read_text(encoding="utf-8", errors="replace")
-    stamps = [datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y") for m in map(_STAMP.match, log.splitlines()) if m]
-    if "Nothing to be done" in log or len(stamps) < 2 or not re.search(r"\d+ of \d+ steps \(100%\) done", log):
-        raise SystemExit(f"{log_path}: not the log of a completed snakemake run")
-    jobs = job_times(log)
+    if not log_paths:
+        raise SystemExit("from_log: give at least one Snakemake log")
+    total, jobs = 0.0, []
+    for i, log_path in enumerate(log_paths):
+        log = Path(log_path).read_text(encoding="utf-8", errors="replace")
+        stamps = [
+            datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y") for m in map(_STAMP.match, log.splitlines()) if m
+        ]
+        last = i == len(log_paths) - 1
+        if (
+            "Nothing to be done" in log
+            or len(stamps) < 2
+            or (last and not re.search(r"\d+ of \d+ steps \(100%\) done", log))
+        ):
+            what = "a completed snakemake run" if last else "a part of a snakemake run"
+            raise SystemExit(f"{log_path}: not the log of {what}")
+        total += (stamps[-1] - stamps[0]).total_seconds()
+        jobs += job_times(log)
+    names = ", ".join(Path(q).name for q in log_paths)
+    span = "first to last job stamp" + (", summed over the parts" if len(log_paths) > 1 else "")
     return {
         "config": configfile,
-        "from_scratch_s": round((stamps[-1] - stamps[0]).total_seconds(), 1),
-        "measured_from": f"Snakemake log {Path(log_path).name} (first to last job stamp)",
+        "from_scratch_s": round(total, 1),
+        "measured_from": f"Snakemake log{'s' if len(log_paths) > 1 else ''} {names} ({span})",
         "per_rule_s": {r: {"jobs": v["jobs"], "seconds": round(v["seconds"], 1)} for r, v in per_rule(jobs).items()},
         "jobs": [{**j, "seconds": round(j["seconds"], 1)} for j in jobs],
     }
@@ -308,6 +328,7 @@ E2E = {
     "e2e_ablation_v2": ("config/ablation-v2.yaml", None, ()),
     "e2e_ablation_v2_noctx": ("config/ablation-v2-noctx.yaml", None, ()),
     "e2e_ablation_v3": ("config/ablation-v3.yaml", None, ()),
+    "e2e_authors": ("config/authors.yaml", None, ()),
     "e2e_voc_cpu": ("config/voc-cpu.yaml", 2700, (f"data={{voc: {{extracted_root: {VOC_MINI}}}}}",)),
 }
 
@@ -317,6 +338,12 @@ TARGETS = [
     ("e2e_ablation_v2", "five-seed ablation on benchmark v2 end to end (2 cores)", "from_scratch_s", "-"),
     ("e2e_ablation_v2_noctx", "the same without co-occurring context (2 cores)", "from_scratch_s", "-"),
     ("e2e_ablation_v3", "five-seed ablation v3 (sparse bodies, MainNets from scratch; 2 cores)", "from_scratch_s", "-"),
+    (
+        "e2e_authors",
+        "five-seed authors' formulation beside ours, embedded (config/authors.yaml; 2 cores)",
+        "from_scratch_s",
+        "-",
+    ),
     ("e2e_voc_cpu", "real VOC photographs (config/voc-cpu.yaml) end to end (2 cores)", "from_scratch_s", "<= 2700 s"),
     ("e2e_smoke", "smoke config end to end", "from_scratch_s", "-"),
     ("e2e_smoke", "no-change re-run (smoke)", "no_change_rerun_s", "<= 10 s"),
@@ -465,16 +492,19 @@ def main() -> int:
     )
     p.add_argument(
         "--from-log",
-        nargs=2,
-        metavar=("NAME", "LOG"),
-        help=f"record e2e figures NAME ({', '.join(E2E)}) from the Snakemake log of a finished run",
+        nargs="+",
+        metavar="NAME LOG",
+        help=f"record e2e figures NAME ({', '.join(E2E)}) from the Snakemake log of a finished run "
+        "(several logs: the parts of a run stopped and resumed, in order)",
     )
     a = p.parse_args()
     if a.only is None:
         a.only = "" if a.doc else "rerun,crf,miou,cam,e2e_smoke,rw"
     if a.from_log:
-        name, log = a.from_log
-        result = from_log(E2E[name][0], log)
+        if len(a.from_log) < 2:
+            p.error("--from-log: NAME and at least one LOG")
+        name, *logs = a.from_log
+        result = from_log(E2E[name][0], *logs)
         if E2E[name][1]:
             result.update(target_s=E2E[name][1], met=result["from_scratch_s"] <= E2E[name][1])
         write_json(OUT / f"{name}.json", result)

@@ -363,3 +363,59 @@ def test_one_view_prototypes_equal_two_views_given_the_same_view(tiny):
         m = {**cfg["mainnet"], "authors_rcm": {**cfg["mainnet"]["authors_rcm"], "two_views": two}}
         losses.append(MainNetObjective(main, support, "authors_rcm", m)(x, y, x_p=x if two else None)["loss_rcm"])
     torch.testing.assert_close(losses[0], losses[1])
+
+
+def test_the_authors_variant_trains_on_the_real_photo_backbone_and_switches(tiny, tmp_path):
+    """config/authors-voc-cpu.yaml's MainNet: the authors' formulation on EfficientNet-Lite0 (output stride 16),
+    frozen BatchNorm, channels-last and the new-layer learning-rate multiplier. Frozen BN: the mean teacher and
+    MainNet keep SupportNet's BN statistics; the teacher moves by the moving average of MainNet's weights."""
+    from wsss.stages import train_mainnet, train_supportnet
+
+    cfg, root = tiny
+    net = {"name": "efficientnet_lite0", "output_stride": 16, "pretrained": False}
+    train = {
+        "epochs": 1,
+        "batch_size": 4,
+        "crop": 48,
+        "new_layer_lr_mult": 10,
+        "batchnorm": "frozen",
+        "channels_last": True,
+    }
+    cfg = config.validate(
+        {
+            **TINY,
+            "data": {"synthetic": {**TINY["data"]["synthetic"], "n_train": 8}},
+            "supportnet": {"backbone": net, "train": train},
+            "mainnet": {**TINY["mainnet"], "train": train, "teacher": {"momentum": 0.5}},
+        }
+    )
+    sup = tmp_path / "sup.pt"
+    train_supportnet.run(
+        cfg,
+        seed=0,
+        data=root,
+        ckpt=sup,
+        metrics=tmp_path / "s.json",
+        plot=tmp_path / "sp.json",
+        state=tmp_path / "s.st",
+    )
+    out = tmp_path / "main.pt"
+    train_mainnet.run(
+        cfg,
+        seed=0,
+        variant="authors",
+        data=root,
+        support=sup,
+        ckpt=out,
+        metrics=tmp_path / "m.json",
+        plot=tmp_path / "mp.json",
+        state=tmp_path / "m.st",
+    )
+    ck, sk = torch.load(out, weights_only=False), torch.load(sup, weights_only=False)
+    teacher, main, start = ck["companions"]["teacher"], ck["model"], sk["model"]
+    stats = [k for k in start if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(main[k], start[k]) and torch.equal(teacher[k], start[k]) for k in stats)
+    moved = [k for k in start if start[k].is_floating_point() and k not in stats and not torch.equal(main[k], start[k])]
+    assert moved  # MainNet trained; where a weight moved, the teacher (m 0.5) is neither its start nor MainNet
+    assert all(not torch.equal(teacher[k], start[k]) and not torch.equal(teacher[k], main[k]) for k in moved[:5])
+    assert {"loss_rcm", "loss_mam"} <= set(ck["history"][0])

@@ -358,6 +358,7 @@ def test_seed_table_mean_spread_and_paired_delta(tmp_path: Path) -> None:
             d["miou"] = 0.5 + shift + extra
             d["context_bg_share"] = 0.1 + 2 * extra  # the full model claims more context background
             d["matched_rate"]["rings"]["1-2"]["body_recall"] = 0.4 + shift + 2 * extra
+            d["matched_rate"]["rings"]["1-2"]["body_recall_by_distance"][">8"] = 0.2 + shift + 3 * extra
             write_json(p, d)
     write_data(root)
     s = run(root, seeds=[0, 1, 2])
@@ -381,6 +382,11 @@ def test_seed_table_mean_spread_and_paired_delta(tmp_path: Path) -> None:
     assert ab.loc["mainnet_rcm_mam", "body_gain_beyond_2sd"] == "yes"
     assert ab.loc["supportnet", "body_gain_beyond_2sd"] == "no"  # 0.30 - (0.40 + shift): a loss in every seed
     assert ab.loc["mainnet_rcm_mam", "n_seeds"] == 3
+    # the farthest distance bin's body recall, paired alike: +0.09 in every seed; the fixture's SupportNet has none
+    assert ab.loc["mainnet_rcm_mam", "far_body"] == pytest.approx(0.29)
+    assert ab.loc["mainnet_rcm_mam", "delta_far_body"] == pytest.approx(0.09)
+    assert ab.loc["mainnet_rcm_mam", "delta_far_body_sd"] == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(ab.loc["supportnet", "far_body"])
     assert ab.loc["supportnet", "delta_body"] == pytest.approx(-0.10)
     assert ab.loc["mainnet_rcm_mam", "crf"] == pytest.approx(PSEUDO["mainnet_rcm_mam"])
     assert math.isnan(ab.loc["mainnet_rcm_mam", "delta_crf"])  # the fixture's control has no CRF labels

@@ -69,6 +69,23 @@ def matched(d: dict, key: str, path, ring: str | None = None) -> float:
     return num(rings.get(ring or next(iter(rings)), {}), key, path)
 
 
+def matched_far_body(d: dict, path) -> tuple[float, str | None]:
+    """Body recall in the last (farthest) distance-to-part bin of the first ring of ``matched_rate``, and the bin's
+    name: where a CAM that grows from its discriminative part has the most to find. NaN (and None) when the file
+    has no such section or the benchmark has no part masks."""
+    rings = (d.get("matched_rate") or {}).get("rings") or {}
+    bins = next(iter(rings.values()), {}).get("body_recall_by_distance") if rings else None
+    if not bins:
+        return NAN, None
+    name = list(bins)[-1]
+    v = bins[name]
+    if v is None:
+        return NAN, name
+    if not isinstance(v, (int, float)):
+        raise ValueError(f"{path}: matched_rate body_recall_by_distance[{name!r}] is not a number: {v!r}")
+    return float(v), name
+
+
 def first_ring(exp: Experiment) -> str | None:
     for d in exp.cam.values():
         rings = (d.get("matched_rate") or {}).get("rings")
@@ -671,6 +688,7 @@ def ablation_over_seeds(exps: list[Experiment]) -> Table:
     def per_seed(e: Experiment, n: str) -> dict[str, float]:
         d = e.cam.get(n)
         out = {k: matched(d, key, e.paths[f"cam_{n}"]) if d else NAN for k, _, key in ABLATION_MEASURES}
+        out["far_body"] = matched_far_body(d, e.paths[f"cam_{n}"])[0] if d else NAN
         out["crf"] = num(e.pseudo[n], "miou", e.paths[f"pseudo_{n}_crf"]) if n in e.pseudo else NAN
         out["rw"] = num(e.rw[n], "miou", e.paths[f"pseudo_{n}_rw"]) if n in e.rw else NAN
         return out
@@ -679,7 +697,11 @@ def ablation_over_seeds(exps: list[Experiment]) -> Table:
     for e in exps:
         nets += [n for n in e.cam if n not in nets]
     order = [n for n in ABLATION_ORDER if n in nets] + [n for n in nets if n not in ABLATION_ORDER]
-    measures = [*(k for k, _, _ in ABLATION_MEASURES), "crf"] + (["rw"] if any(e.rw for e in exps) else [])
+    far_bin = next(
+        (b for e in exps for n, d in e.cam.items() if (b := matched_far_body(d, e.paths[f"cam_{n}"])[1])), None
+    )
+    measures = [*(k for k, _, _ in ABLATION_MEASURES)] + (["far_body"] if far_bin else []) + ["crf"]
+    measures += ["rw"] if any(e.rw for e in exps) else []
     ctrl = [per_seed(e, CONTROL) for e in exps]
     rows = []
     for n in order:
@@ -707,7 +729,13 @@ def ablation_over_seeds(exps: list[Experiment]) -> Table:
         "ablation_seeds",
         "Ablation over seeds: paired differences to the fair control",
         f"Seeds {seeds}. body / context / boundary = body recall, context false positives and boundary mIoU at a "
-        f"matched false-positive rate in the {ring} px ring (rescaling-invariant); crf = +CRF pseudo-label mIoU, "
+        f"matched false-positive rate in the {ring} px ring (rescaling-invariant)"
+        + (
+            f"; far_body = body recall {far_bin} px from the discriminative part, at the same threshold"
+            if far_bin
+            else ""
+        )
+        + "; crf = +CRF pseudo-label mIoU, "
         "each net's CAM power and background calibrated on the calibration subset, scored on the other ids "
         "(rw = +random-walk pseudo-label mIoU, where a walk ran). "
         f"delta = the difference to '{net_label(CONTROL)}' (same initialisation, schedule and steps) within each "
