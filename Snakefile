@@ -21,6 +21,7 @@ include: "workflow/rules/refine.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/single_stage.smk"
 include: "workflow/rules/noise.smk"
+include: "workflow/rules/selection.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -229,9 +229,12 @@ def _combos(stage, cfg: dict) -> list[dict]:
             if stage.name == "train_mainnet"
             else registry.noise_variants(cfg)
             if stage.name in ("train_noisy", "eval_noisy")
+            else registry.selection_variants(cfg)
+            if stage.name in ("train_select", "eval_select")
             else registry.single_stage_variants(cfg)
         ),
         "noise": registry.noise_settings(cfg),
+        "aaw": registry.selection_weights(cfg),
         "source": registry.seg_sources(cfg),
         "split": [cfg["segment"]["export_split"]]
         if cfg["segment"]["export_split"] and cfg["segment"]["enabled"]
@@ -269,6 +272,9 @@ STRUCTURAL = {
     "single_stage.noise_experiment.rates",
     "single_stage.noise_experiment.clean",
     "single_stage.noise_experiment.variants",
+    "single_stage.selection.enabled",
+    "single_stage.selection.variants",
+    "single_stage.selection.aa_weights",
 }
 
 
@@ -299,9 +305,11 @@ def test_every_leaf_key_reruns_exactly_the_jobs_that_read_it():
             voc = config.validate(voc_raw)
             if _dag_differs(base, cfg) or _dag_differs(voc, config.validate(_set(voc_raw, key, new))):
                 continue
-            # the noise experiment's keys shape its jobs once it is on (the smoke config leaves it off)
-            assert key.startswith("single_stage.noise_experiment."), key
-            on = _set(_set_default(raw, key, base), "single_stage.noise_experiment.enabled", True)
+            # the noise experiment's and the selection's keys shape their jobs once they are on (the smoke config
+            # leaves both off)
+            section = next((s for s in ("noise_experiment", "selection") if key.startswith(f"single_stage.{s}.")), None)
+            assert section, key
+            on = _set(_set_default(raw, key, base), f"single_stage.{section}.enabled", True)
             assert _dag_differs(config.validate(on), config.validate(_set(on, key, new))), key
             continue
         changed, readers = set(), set()

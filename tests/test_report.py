@@ -490,3 +490,29 @@ def test_the_train_figure_shows_the_walk_labels_where_a_walk_ran(exp: Path) -> N
         write_label_png(exp / "pseudo" / "mainnet_rcm_mam_rw" / f"{i}.png", np.ones((H, W), np.uint8))
     with_walk = Image.open(run(exp, rw_nets=["mainnet_rcm_mam"])["figures"]["qualitative_train"]).size
     assert with_walk[1] == without[1] and with_walk[0] > without[0]  # one more column, same rows
+
+
+def test_the_report_shows_the_held_out_aa_weight_choice_and_its_protocol(exp: Path) -> None:
+    """Issue 16: with single_stage.selection on, the report reads eval_select's files, adds the selection table and
+    lists, in the protocol table, that the weight is chosen on the calibration subset and val is only reported."""
+    for w, (heldout, val) in {"0.1": (0.5, 0.40), "1": (0.4, 0.45)}.items():
+        write_json(
+            exp / "metrics" / f"select_aa_aa{w}.json",
+            {
+                "variant": "aa",
+                "aa_weight": float(w),
+                "protocol": {"chosen_on": "heldout (GT masks of the calibration subset only)", "reported": "val"},
+                "heldout": {"split": "train", "images": 3, "miou": heldout, "miou_crf": heldout, "ids": "first 3"},
+                "val": {"split": "val", "images": 4, "miou": val, "miou_crf": val},
+            },
+        )
+    s = run(exp, select_variants=["aa"], select_weights=["0.1", "1"], config={"single_stage": {"aa": {"weight": 1}}})
+    sel = table(s, "aa_selection").set_index("aa_weight")
+    assert sel.loc[0.1, "chosen"] == "yes" and sel.loc[1.0, "best_on_val"] == "yes"
+    assert sel.loc[1.0, "configured"] == "yes" and sel.loc[0.1, "val_miou_crf"] == pytest.approx(0.40)
+    prot = table(s, "protocol")
+    rows = prot[prot["file"].str.contains("select_aa_aa0.1")]
+    assert "calibration subset" in " ".join(rows["value"].astype(str)) and "heldout.ids" in rows["key"].tolist()
+    (exp / "metrics" / "select_aa_aa1.json").unlink()
+    with pytest.raises(WsssInputError, match="select_aa_aa1.json: required metric file of the AA-weight selection"):
+        run(exp, select_variants=["aa"], select_weights=["0.1", "1"])

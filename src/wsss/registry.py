@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from wsss.variants import (
+    AA_WEIGHT_PATTERN,
     MAINNET_VARIANTS,
     NOISE_PATTERN,
     SINGLE_STAGE_VARIANTS,
@@ -44,6 +45,8 @@ from wsss.variants import (
     noise_settings,
     noise_variants,
     seg_sources,
+    selection_variants,
+    selection_weights,
     single_stage_variants,
 )
 
@@ -227,6 +230,13 @@ def _single_stage_keys(cfg: dict, wc: dict) -> list[str]:
         + (("aa",) if aa else ())
         + (("lr",) if lr else ())
     ]
+
+
+def _select_keys(cfg: dict, wc: dict) -> list[str]:
+    """A selection job's keys: the single-stage training's, except single_stage.aa.weight (the job's wildcard
+    replaces it, so a change of it re-runs the main variants only)."""
+    keys = [k for k in _single_stage_keys(cfg, wc) if k != "single_stage.aa"]
+    return keys + [f"single_stage.aa.{k}" for k in cfg["single_stage"]["aa"] if k != "weight"]
 
 
 def _eval_single_stage_keys(cfg: dict, wc: dict) -> list[str]:
@@ -559,6 +569,38 @@ _declare(
         wildcards={"seed": SEED, "noise": NOISE_PATTERN, "variant": "|".join(SINGLE_STAGE_VARIANTS)},
         threads="all",
     ),
+    # ------------------------------------------------------------------------------------------- selection
+    Stage(
+        "train_select",
+        "selection",
+        "train a single-stage variant at one AA weight of the held-out selection (single_stage.selection)",
+        keys=_select_keys,
+        inputs={
+            "data": File(DATA),
+            "support": File(SUPPORT.path, when=lambda c, w: c["single_stage"]["init_from_supportnet"]),
+        },
+        outputs=_trained("select_{variant}_aa{aaw}", "train_select_{variant}_aa{aaw}"),
+        wildcards={"seed": SEED, "variant": "|".join(SINGLE_STAGE_VARIANTS), "aaw": AA_WEIGHT_PATTERN},
+        slice_by=("variant",),
+        slices=lambda c: [{"variant": v} for v in selection_variants(c)],
+        scratch={"state": "{seed_dir}/state/select_{variant}_aa{aaw}.pt"},
+        **GPU_STAGE,
+    ),
+    Stage(
+        "eval_select",
+        "selection",
+        "a selection model's mIoU on the calibration subset of cam_split (chosen on) and on val (reported)",
+        keys=_static(
+            "data.cam_split",
+            "data.calibration_fraction",
+            "data.val_split",
+            *(f"single_stage.{k}" for k in ("scales", "flip", "fp_cut_score", "bg_pow", "crf")),
+        ),
+        inputs={"data": File(DATA), "ckpt": File("{seed_dir}/models/select_{variant}_aa{aaw}/checkpoint.pt")},
+        outputs={"metrics": File("{seed_dir}/metrics/select_{variant}_aa{aaw}.json", "metrics")},
+        wildcards={"seed": SEED, "variant": "|".join(SINGLE_STAGE_VARIANTS), "aaw": AA_WEIGHT_PATTERN},
+        threads="all",
+    ),
     # ---------------------------------------------------------------------------------------------- report
     Stage(
         "report",
@@ -601,6 +643,10 @@ _declare(
             "noisy_seg": Gather(
                 "{exp}/seed{seed}/metrics/seg_noisy_{noise}_{variant}.json",
                 lambda c: _seeds(c, noise=noise_settings(c), variant=noise_variants(c)),
+            ),
+            "select": Gather(
+                "{exp}/seed{seed}/metrics/select_{variant}_aa{aaw}.json",
+                lambda c: _seeds(c, variant=selection_variants(c), aaw=selection_weights(c)),
             ),
             "train_seg": Gather(
                 "{exp}/seed{seed}/metrics/train_seg_{source}.json", lambda c: _seeds(c, source=seg_sources(c))

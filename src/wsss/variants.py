@@ -66,3 +66,26 @@ def parse_noise(name: str) -> tuple[str, float]:
 
 def noise_variants(cfg: dict) -> list[str]:
     return list(cfg["single_stage"]["noise_experiment"]["variants"]) if noise_settings(cfg) else []
+
+
+# the held-out choice of the AA weight (issue 16; single_stage.selection): one job per (variant, weight), the weight
+# as a wildcard in its shortest decimal form ("0.03", "0.1", "1")
+AA_WEIGHT_PATTERN = r"\d+(?:\.\d+)?"
+
+
+def format_weight(w: float) -> str:
+    """0.03 -> '0.03', 1.0 -> '1': the weight's wildcard value (the shortest repr that reads back the same)."""
+    text = repr(float(w))
+    if "e" in text:
+        raise ValueError(f"AA weight {w!r} has no plain decimal form; give it as a decimal such as 0.003")
+    return text[:-2] if text.endswith(".0") else text
+
+
+def selection_weights(cfg: dict) -> list[str]:
+    """The AA weights the config's held-out selection trains (none when it is off)."""
+    s = cfg["single_stage"]["selection"]
+    return [format_weight(w) for w in s["aa_weights"]] if cfg["single_stage"]["enabled"] and s["enabled"] else []
+
+
+def selection_variants(cfg: dict) -> list[str]:
+    return list(cfg["single_stage"]["selection"]["variants"]) if selection_weights(cfg) else []

@@ -7,6 +7,10 @@ scores. Also the training-time pseudo GT of a full image (what the model trains 
 
 from __future__ import annotations
 
+import tempfile
+from functools import partial
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,7 +18,7 @@ from torch import nn
 
 from wsss.data import voc
 from wsss.data.datasets import normalize
-from wsss.evaluation import predict_probs
+from wsss.evaluation import predict_probs, score_predictions, scores_with_crf
 from wsss.io import read_image
 from wsss.losses.single_stage import class_scores
 from wsss.methods.single_stage import SingleStageObjective
@@ -53,6 +57,22 @@ def predict_image(image_id: str, *, rec: ScoreRecorder, data, tcfg):
     """(id, label, CRF label) of one image of the dataset at ``data`` (a worker function of the val evaluations)."""
     pred, pred_crf = predict(rec, read_image(voc.image_path(data, image_id)), tcfg)
     return image_id, pred, pred_crf
+
+
+def score_ids(rec: ScoreRecorder, ids: list[str], *, data, tcfg, threads: int, desc: str) -> dict:
+    """:func:`predict_image` over ``ids`` scored against their GT masks, nothing saved: mIoU and per-class IoU
+    without and with CRF (:func:`wsss.evaluation.scores_with_crf`)."""
+    with tempfile.TemporaryDirectory() as tmp:  # no prediction is kept (n_saved 0)
+        res, res_crf = score_predictions(
+            partial(predict_image, rec=rec, data=data, tcfg=tcfg),
+            ids,
+            data_root=data,
+            save_dir=Path(tmp),
+            n_saved=0,
+            threads=threads,
+            desc=desc,
+        )
+    return scores_with_crf(res, res_crf)
 
 
 def predict(rec: ScoreRecorder, img: np.ndarray, tcfg, labels: np.ndarray | None = None):

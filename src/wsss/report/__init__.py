@@ -12,6 +12,7 @@ from wsss.report.html import page_html, tables_markdown
 from wsss.report.inputs import load_experiment
 from wsss.report.tables import (
     Table,
+    aa_selection,
     ablation_over_seeds,
     build_tables,
     noise_experiment,
@@ -21,6 +22,13 @@ from wsss.report.tables import (
 )
 
 __all__ = ["build_report", "Table"]
+
+
+def _aa_weight(config: dict) -> float | None:
+    try:
+        return float(config["single_stage"]["aa"]["weight"])
+    except (KeyError, TypeError):
+        return None
 
 
 def build_report(
@@ -40,6 +48,9 @@ def build_report(
     ss_variants: Sequence[str] = (),
     noise: Sequence[str] = (),
     noise_variants: Sequence[str] = (),
+    select_variants: Sequence[str] = (),
+    select_weights: Sequence[str] = (),
+    select_on: str = "miou_crf",
 ) -> dict[str, Any]:
     """Write ``tables.md``, ``tables.csv``, ``index.html`` and ``figures/*.png`` under ``out_dir``.
 
@@ -61,6 +72,8 @@ def build_report(
         ss_variants=ss_variants,
         noise=noise,
         noise_variants=noise_variants,
+        select_variants=select_variants,
+        select_weights=select_weights,
     )
     if seeds:
         exps = [
@@ -73,6 +86,8 @@ def build_report(
     tables = build_tables(exp, config) + [ablation_over_seeds(exps), seed_spread(exps)]
     if noise:
         tables += [noise_experiment(exps), noise_memorisation(exps)]
+    if select_variants and select_weights:
+        tables.append(aa_selection(exps, select_on, configured_weight=_aa_weight(config)))
     figures, skipped_figs = make_figures(exp, out / "figures", n_qualitative)
     if noise:
         figures["noise_curves"] = noise_curves(exps, out / "figures" / "noise_curves.png")

@@ -75,6 +75,8 @@ class Experiment:
     noisy_labels: dict[str, dict] = field(default_factory=dict)
     noisy_train: dict[tuple[str, str], dict] = field(default_factory=dict)
     noisy_seg: dict[tuple[str, str], dict] = field(default_factory=dict)
+    # the held-out AA-weight selection (issue 16): eval_select's metrics keyed by (variant, weight wildcard)
+    select: dict[tuple[str, str], dict] = field(default_factory=dict)
     paths: dict[str, Path] = field(default_factory=dict)  # file stem -> path of every file read
     skipped: list[str] = field(default_factory=list)  # optional files that were missing
     final_net: str | None = None  # the MainNet whose pseudo labels feed the segmentation (config's final_variant)
@@ -157,6 +159,8 @@ def load_experiment(
     ss_variants: Sequence[str] = (),
     noise: Sequence[str] = (),
     noise_variants: Sequence[str] = (),
+    select_variants: Sequence[str] = (),
+    select_weights: Sequence[str] = (),
 ) -> Experiment:
     """Read ``metrics/{train,cam}_<net>.json``, ``pseudo_<net>_crf.json`` and ``seg_<source>.json``.
 
@@ -215,6 +219,22 @@ def load_experiment(
             num(d, "miou", path, required=True)
         getattr(exp, kind)[key] = d
         exp.paths[stem] = path
+    for v in select_variants:
+        for w in select_weights:
+            stem = f"select_{v}_aa{w}"
+            path = metrics / f"{stem}.json"
+            if not path.is_file():
+                raise WsssInputError(
+                    f"{path}: required metric file of the AA-weight selection not found; run eval_select"
+                )
+            d = read_json(path)
+            if not isinstance(d, dict) or not all(isinstance(d.get(k), dict) for k in ("heldout", "val")):
+                raise WsssInputError(f"{path}: expected eval_select's 'heldout' and 'val' sections; re-run eval_select")
+            for part in ("heldout", "val"):
+                for k in ("miou", "miou_crf"):
+                    num(d[part], k, path, required=True)
+            exp.select[(v, w)] = d
+            exp.paths[stem] = path
     return exp
 
 

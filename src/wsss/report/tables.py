@@ -439,6 +439,11 @@ def protocol(exp: Experiment) -> Table:
             )
             for k, v in _flatten(protocol_of(d)).items():
                 rows.append({"file": exp.rel(stem), "key": k, "value": v})
+    for (v, w), d in exp.select.items():  # the held-out AA-weight selection: what chooses, what is reported
+        stem = f"select_{v}_aa{w}"
+        for k, value in _flatten(protocol_of(d)).items():
+            rows.append({"file": exp.rel(stem), "key": k, "value": value})
+        rows.append({"file": exp.rel(stem), "key": "heldout.ids", "value": str(d["heldout"].get("ids"))})
     return Table(
         "protocol",
         "Evaluation protocol of every number",
@@ -952,3 +957,54 @@ def stacked_csv_frame(tables: list[Table]) -> pd.DataFrame:
     """All tables in one frame with a leading ``table`` column (raw values, union of columns)."""
     parts = [t.frame.assign(table=t.name)[["table", *t.frame.columns]] for t in tables if len(t.frame)]
     return pd.concat(parts, ignore_index=True, sort=False) if parts else pd.DataFrame(columns=["table"])
+
+
+# ------------------------------------------------------------------------------------- AA-weight selection
+def aa_selection(exps: list[Experiment], select_on: str = "miou_crf", configured_weight: float | None = None) -> Table:
+    """The held-out choice of the AA weight (issue 16): per variant and weight, the mIoU on the calibration subset
+    of cam_split (the held-out train images whose GT chooses) and on val (reported, never chosen on), each the mean
+    over the seeds; ``chosen`` marks, per variant, the weight with the best held-out ``select_on`` mean. The val
+    number of the pick is the selection's result; the other val numbers are shown only to see what choosing on val
+    would have given (the optimism of that protocol)."""
+    keys = list(exps[0].select)
+    variants = list(dict.fromkeys(v for v, _ in keys))
+    rows = []
+    for v in variants:
+        weights = [w for vv, w in keys if vv == v]
+        block = []
+        for w in weights:
+            stem = f"select_{v}_aa{w}"
+            row = {"variant": SS_LABELS.get(v, v), "aa_weight": float(w), "n_seeds": len(exps)}
+            for part in ("heldout", "val"):
+                for k in ("miou", "miou_crf"):
+                    vals = [num(e.select[(v, w)][part], k, e.paths[stem]) for e in exps]
+                    row[f"{part}_{k}"], row[f"{part}_{k}_sd"], _ = _stats(vals)
+            block.append(row)
+        best = max(
+            range(len(block)), key=lambda i: -math.inf if math.isnan(x := block[i][f"heldout_{select_on}"]) else x
+        )
+        val_best = max(range(len(block)), key=lambda i: block[i][f"val_{select_on}"])
+        for i, row in enumerate(block):
+            row["chosen"] = "yes" if i == best else ""
+            row["best_on_val"] = "yes" if i == val_best else ""
+            row["configured"] = "yes" if configured_weight is not None and row["aa_weight"] == configured_weight else ""
+        rows += block
+    cols = ["variant", "aa_weight", "n_seeds"]
+    fmt: dict[str, str] = {}
+    for part in ("heldout", "val"):
+        for k in ("miou", "miou_crf"):
+            cols += [f"{part}_{k}", f"{part}_{k}_sd"]
+            fmt.update({f"{part}_{k}": "frac", f"{part}_{k}_sd": "frac"})
+    cols += ["chosen", "best_on_val", "configured"]
+    ids = next((d["heldout"].get("ids") for d in exps[0].select.values()), None) or "the calibration subset"
+    return Table(
+        "aa_selection",
+        "AA weight chosen on held-out train images",
+        f"Each variant trained at each AA weight (single_stage.selection), scored with the val-time inference on "
+        f"{ids} (heldout: the GT masks that choose) and on val (reported; never chosen on); mean and sd over the "
+        f"seeds, x100. chosen = the best heldout {select_on}: its val number is the result. best_on_val = what "
+        "choosing on the reported split would have picked; configured = single_stage.aa.weight, which the main "
+        "variants train with (set it to the chosen weight).",
+        pd.DataFrame(rows, columns=cols),
+        fmt,
+    )

@@ -3,14 +3,11 @@ without CRF, under the single-stage test-time settings (:func:`wsss.methods.sing
 
 from __future__ import annotations
 
-import tempfile
-from functools import partial
 from pathlib import Path
 
 from wsss.data import voc
-from wsss.evaluation import score_predictions, scores_with_crf
 from wsss.io import write_json
-from wsss.methods.single_stage_inference import ScoreRecorder, predict_image
+from wsss.methods.single_stage_inference import ScoreRecorder, score_ids
 from wsss.models.single_stage import load_single_stage
 
 
@@ -22,16 +19,7 @@ def run(cfg, *, seed: int, noise: str, variant: str, data: Path, ckpt: Path, met
     split = cfg["data"]["val_split"]
     ids = voc.read_split(data, split)
     voc.check_ids(data, ids, need_masks=True, split=split)
-    with tempfile.TemporaryDirectory() as tmp:  # no prediction is kept (n_saved 0)
-        res, res_crf = score_predictions(
-            partial(predict_image, rec=rec, data=data, tcfg=tcfg),
-            ids,
-            data_root=data,
-            save_dir=Path(tmp),
-            n_saved=0,
-            threads=threads,
-            desc=f"eval noisy_{noise}_{variant}",
-        )
+    scores = score_ids(rec, ids, data=data, tcfg=tcfg, threads=threads, desc=f"eval noisy_{noise}_{variant}")
     write_json(
         metrics,
         {
@@ -39,6 +27,6 @@ def run(cfg, *, seed: int, noise: str, variant: str, data: Path, ckpt: Path, met
             "variant": variant,
             "noise": noise,
             "protocol": {"split": split, "images": len(ids), "ignore": "255 in GT ignored"},
-            **scores_with_crf(res, res_crf),
+            **scores,
         },
     )

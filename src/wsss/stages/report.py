@@ -6,7 +6,15 @@ import logging
 from pathlib import Path
 
 from wsss.report import build_report
-from wsss.variants import nets, noise_settings, noise_variants, seg_sources, single_stage_variants
+from wsss.variants import (
+    nets,
+    noise_settings,
+    noise_variants,
+    seg_sources,
+    selection_variants,
+    selection_weights,
+    single_stage_variants,
+)
 
 log = logging.getLogger("wsss")
 
@@ -28,6 +36,9 @@ def run(cfg, *, data: Path, out: Path, exp: str, threads: int = 1) -> None:
         ss_variants=single_stage_variants(full),
         noise=noise_settings(full),
         noise_variants=noise_variants(full),
+        select_variants=selection_variants(full),
+        select_weights=selection_weights(full),
+        select_on=full["single_stage"]["selection"]["select_on"],
     )
     for row in summary.get("headline", []):
         log.info("headline: %s", row)
