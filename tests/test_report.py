@@ -492,10 +492,8 @@ def test_the_train_figure_shows_the_walk_labels_where_a_walk_ran(exp: Path) -> N
     assert with_walk[1] == without[1] and with_walk[0] > without[0]  # one more column, same rows
 
 
-def test_the_report_shows_the_held_out_aa_weight_choice_and_its_protocol(exp: Path) -> None:
-    """Issue 16: with single_stage.selection on, the report reads eval_select's files, adds the selection table and
-    lists, in the protocol table, that the weight is chosen on the calibration subset and val is only reported."""
-    for w, (heldout, val) in {"0.1": (0.5, 0.40), "1": (0.4, 0.45)}.items():
+def _write_select(exp: Path, scores: dict[str, tuple[float, float]]) -> None:
+    for w, (heldout, val) in scores.items():
         write_json(
             exp / "metrics" / f"select_aa_aa{w}.json",
             {
@@ -506,10 +504,35 @@ def test_the_report_shows_the_held_out_aa_weight_choice_and_its_protocol(exp: Pa
                 "val": {"split": "val", "images": 4, "miou": val, "miou_crf": val},
             },
         )
+
+
+@pytest.mark.parametrize(
+    ("heldout", "edge"),
+    [((0.3, 0.5, 0.4), ""), ((0.5, 0.4, 0.3), ""), ((0.3, 0.4, 0.5), "1")],
+    ids=["inside", "no-AA-wins", "largest"],
+)
+def test_a_held_out_pick_at_the_grid_edge_is_flagged(exp: Path, heldout: tuple, edge: str) -> None:
+    """A pick at the largest weight may have its optimum beyond the grid, and so is flagged; weight 0 (no AA) is a
+    complete answer at the low end, so a pick there is not."""
+    weights = ["0", "0.1", "1"]
+    _write_select(exp, {w: (h, 0.4) for w, h in zip(weights, heldout, strict=True)})
+    sel = table(run(exp, select_variants=["aa"], select_weights=weights), "aa_selection")
+    flagged = sel.loc[
+        sel["at_grid_edge"].astype(object).fillna("").astype(str).str.startswith("yes"), "aa_weight"
+    ].tolist()
+    assert flagged == ([float(edge)] if edge else [])
+
+
+def test_the_report_shows_the_held_out_aa_weight_choice_and_its_protocol(exp: Path) -> None:
+    """Issue 16: with single_stage.selection on, the report reads eval_select's files, adds the selection table and
+    lists, in the protocol table, that the weight is chosen on the calibration subset and val is only reported."""
+    _write_select(exp, {"0.1": (0.5, 0.40), "1": (0.4, 0.45)})
     s = run(exp, select_variants=["aa"], select_weights=["0.1", "1"], config={"single_stage": {"aa": {"weight": 1}}})
     sel = table(s, "aa_selection").set_index("aa_weight")
     assert sel.loc[0.1, "chosen"] == "yes" and sel.loc[1.0, "best_on_val"] == "yes"
     assert sel.loc[1.0, "configured"] == "yes" and sel.loc[0.1, "val_miou_crf"] == pytest.approx(0.40)
+    edge = sel["at_grid_edge"].astype(object).fillna("")
+    assert edge[0.1].startswith("yes") and edge[1.0] == ""  # the pick is the smallest weight, and it is above 0
     prot = table(s, "protocol")
     rows = prot[prot["file"].str.contains("select_aa_aa0.1")]
     assert "calibration subset" in " ".join(rows["value"].astype(str)) and "heldout.ids" in rows["key"].tolist()

@@ -40,8 +40,16 @@ def tiny(tmp_path_factory):
 
 
 def test_weights_become_their_shortest_decimal_wildcards():
-    assert [format_weight(w) for w in (0.03, 0.1, 1.0, 2.5, 10)] == ["0.03", "0.1", "1", "2.5", "10"]
-    assert all(float(format_weight(w)) == w for w in (0.03, 0.1, 1.0, 2.5))
+    assert [format_weight(w) for w in (0, 0.01, 0.03, 0.1, 1.0, 2.5, 10)] == [
+        "0",
+        "0.01",
+        "0.03",
+        "0.1",
+        "1",
+        "2.5",
+        "10",
+    ]
+    assert all(float(format_weight(w)) == w for w in (0, 0.01, 0.03, 0.1, 1.0, 2.5))
     with pytest.raises(ValueError, match="plain decimal"):
         format_weight(1e-5)
 

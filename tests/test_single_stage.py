@@ -280,6 +280,27 @@ def test_aa_weight_scales_the_term(tmp_path):
     assert outs[1] == pytest.approx(2 * outs[0], rel=1e-5)
 
 
+def test_aa_at_weight_zero_has_the_baselines_gradients(tmp_path):
+    """The held-out selection's weight 0 (single_stage.selection.aa_weights) is the variant without AA: the same
+    loss and the same gradient as the baseline's objective on the same net and batch."""
+    grads, losses = [], []
+    for variant, kw in (("baseline", {}), ("aa", {"aa": {"weight": 0.0}})):
+        obj = _objective(tmp_path, variant, **kw)
+        _two_region_pseudo_gt(obj)
+        obj.net.eval()
+        obj.epoch = 5
+        loss = obj(*_batch())["loss"]
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in obj.net.parameters() if p.grad is not None]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6) and torch.allclose(grads[0], grads[1], atol=1e-7)
+    with_aa = _objective(tmp_path, "aa", aa={"weight": 1.0})
+    _two_region_pseudo_gt(with_aa)
+    with_aa.net.eval()
+    with_aa.epoch = 5
+    assert with_aa(*_batch())["loss"].item() > losses[0] + 1e-4  # the term is not zero at weight 1
+
+
 def test_short_training_decreases_the_loss(tmp_path):
     cfg = _cfg(tmp_path, warmup_epochs=0)
     torch.manual_seed(0)

@@ -984,8 +984,14 @@ def aa_selection(exps: list[Experiment], select_on: str = "miou_crf", configured
             range(len(block)), key=lambda i: -math.inf if math.isnan(x := block[i][f"heldout_{select_on}"]) else x
         )
         val_best = max(range(len(block)), key=lambda i: block[i][f"val_{select_on}"])
+        grid = [row["aa_weight"] for row in block]
+        pick = grid[best]
+        # a pick at the grid's largest weight, or at its smallest when that is not 0 (no AA, a complete answer),
+        # may have its optimum outside the grid
+        edge = pick == max(grid) or (pick == min(grid) and pick > 0)
         for i, row in enumerate(block):
             row["chosen"] = "yes" if i == best else ""
+            row["at_grid_edge"] = "yes: extend selection.aa_weights" if i == best and edge else ""
             row["best_on_val"] = "yes" if i == val_best else ""
             row["configured"] = "yes" if configured_weight is not None and row["aa_weight"] == configured_weight else ""
         rows += block
@@ -995,7 +1001,7 @@ def aa_selection(exps: list[Experiment], select_on: str = "miou_crf", configured
         for k in ("miou", "miou_crf"):
             cols += [f"{part}_{k}", f"{part}_{k}_sd"]
             fmt.update({f"{part}_{k}": "frac", f"{part}_{k}_sd": "frac"})
-    cols += ["chosen", "best_on_val", "configured"]
+    cols += ["chosen", "at_grid_edge", "best_on_val", "configured"]
     ids = next((d["heldout"].get("ids") for d in exps[0].select.values()), None) or "the calibration subset"
     return Table(
         "aa_selection",
@@ -1004,7 +1010,9 @@ def aa_selection(exps: list[Experiment], select_on: str = "miou_crf", configured
         f"{ids} (heldout: the GT masks that choose) and on val (reported; never chosen on); mean and sd over the "
         f"seeds, x100. chosen = the best heldout {select_on}: its val number is the result. best_on_val = what "
         "choosing on the reported split would have picked; configured = single_stage.aa.weight, which the main "
-        "variants train with (set it to the chosen weight).",
+        "variants train with (set it to the chosen weight). at_grid_edge = the pick is the grid's largest weight, "
+        "or its smallest when that is above 0 (weight 0 = the variant without AA): the best weight may lie outside "
+        "the grid.",
         pd.DataFrame(rows, columns=cols),
         fmt,
     )
