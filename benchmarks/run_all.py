@@ -15,6 +15,7 @@
 - e2e_ablation_v3 (opt-in, ~2.5 hours): issue 14's third setting (config/ablation-v3.yaml).
 - e2e_authors (opt-in, ~3.5 hours): issue 16's authors' formulation beside ours (config/authors.yaml).
   Runs this long are usually made in resumed parts and recorded with `--from-log NAME LOG...`.
+- e2e_select_aa (opt-in, ~90 min): issue 16's held-out choice of the AA weight (config/select-aa.yaml).
 - rw: the sparse random walk at 128², 256², 512² (benchmarks/random_walk.py; target 512² within 4 GB).
 `--doc` renders docs/performance.md from the JSON files (figures against targets).
 """
@@ -329,6 +330,7 @@ E2E = {
     "e2e_ablation_v2_noctx": ("config/ablation-v2-noctx.yaml", None, ()),
     "e2e_ablation_v3": ("config/ablation-v3.yaml", None, ()),
     "e2e_authors": ("config/authors.yaml", None, ()),
+    "e2e_select_aa": ("config/select-aa.yaml", None, ()),
     "e2e_voc_cpu": ("config/voc-cpu.yaml", 2700, (f"data={{voc: {{extracted_root: {VOC_MINI}}}}}",)),
 }
 
@@ -344,6 +346,7 @@ TARGETS = [
         "from_scratch_s",
         "-",
     ),
+    ("e2e_select_aa", "held-out AA-weight selection, 3 seeds (config/select-aa.yaml; 2 cores)", "from_scratch_s", "-"),
     ("e2e_voc_cpu", "real VOC photographs (config/voc-cpu.yaml) end to end (2 cores)", "from_scratch_s", "<= 2700 s"),
     ("e2e_smoke", "smoke config end to end", "from_scratch_s", "-"),
     ("e2e_smoke", "no-change re-run (smoke)", "no_change_rerun_s", "<= 10 s"),
@@ -447,6 +450,7 @@ def write_doc() -> Path:
         "e2e_ablation_v2",
         "e2e_ablation_v2_noctx",
         "e2e_ablation_v3",
+        "e2e_select_aa",
         "e2e_smoke",
     ):
         f = OUT / f"{name}.json"
