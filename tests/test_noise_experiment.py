@@ -140,11 +140,12 @@ def test_the_dag_trains_every_setting_and_variant_only_when_enabled():
         config.validate({"single_stage": {"noise_experiment": {"rates": [0.125]}}})
 
 
-def _exp(seed, miou_base, miou_lr, prec):
+def _exp(seed, miou_base, miou_lr, prec, more=None):
     e = Experiment(root=Path("."), nets=[], crf_nets=[], seg_sources=[], seed=seed)
     for z, rate in (("clean", 0.0), ("erode20", 0.2)):
         e.noisy_labels[z] = {"kind": "clean" if z == "clean" else "erode", "rate": rate, "achieved_rate": rate}
-        for v, m in (("baseline", miou_base[z]), ("lr", miou_lr[z])):
+        runs = {"baseline": miou_base, "lr": miou_lr, **(more or {})}
+        for v, m in ((v, by_setting[z]) for v, by_setting in runs.items()):
             e.noisy_seg[(z, v)] = {"miou": m, "miou_crf": m}
             per = [{"agree_target": 0.8, "agree_gt": 0.7}, {"agree_target": 0.9, "agree_gt": 0.6}]
             if v == "lr":
@@ -167,6 +168,29 @@ def test_the_noise_tables_pair_each_seed_with_its_baseline():
     assert math.isnan(f.loc[("erode20", "1-stage baseline"), "delta_vs_baseline"])
     mem = noise_memorisation(exps).frame.set_index(["setting", "variant"])
     assert mem.loc[("clean", "1-stage +LR"), "agree_gt_drop"] == pytest.approx(0.1)
+    # the clean-to-noisy drop pairs each seed's clean and noisy model of the same variant: 0.05 and 0.23
+    assert row["drop_vs_clean"] == pytest.approx(0.14) and row["drop_sd"] == pytest.approx(math.sqrt(2) * 0.09)
+    assert math.isnan(f.loc[("clean", "1-stage +LR"), "drop_vs_clean"])
+
+
+def test_what_lr_adds_is_paired_with_the_same_variant_without_lr():
+    aa = {"clean": 0.65, "erode20": 0.58}
+    exps = [
+        _exp(
+            s,
+            {"clean": 0.6, "erode20": 0.5},
+            {"clean": 0.6, "erode20": 0.5},
+            0.5,
+            more={"aa": aa, "aa_lr": {"clean": 0.6, "erode20": 0.56 + 0.01 * s}},
+        )
+        for s in (0, 1)
+    ]
+    f = noise_experiment(exps).frame.set_index(["setting", "variant"])
+    row = f.loc[("erode20", "1-stage +AA+LR")]
+    # against +AA (0.58), not against the baseline (0.50)
+    assert row["delta_lr"] == pytest.approx(-0.015) and row["delta_vs_baseline"] == pytest.approx(0.065)
+    assert f.loc[("erode20", "1-stage +LR"), "delta_lr"] == pytest.approx(0.0)
+    assert math.isnan(f.loc[("erode20", "1-stage +AA"), "delta_lr"])
 
 
 def test_the_noise_curve_figure_is_drawn(tmp_path):

@@ -51,13 +51,15 @@ def build_report(
     select_variants: Sequence[str] = (),
     select_weights: Sequence[str] = (),
     select_on: str = "miou_crf",
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write ``tables.md``, ``tables.csv``, ``index.html`` and ``figures/*.png`` under ``out_dir``.
 
     Reads ``exp_dir/metrics/{train,cam}_<net>.json`` for ``nets``, ``pseudo_<net>_crf.json`` for ``crf_nets``
     and ``seg_<source>.json`` for ``seg_sources``; a missing one raises WsssInputError unless named in
     ``optional`` (by file stem, file name, or net/source name), in which case its rows are left out.
-    Returns a JSON-serialisable summary (paths, tables, figures, headline rows, skipped inputs).
+    Returns a JSON-serialisable summary (paths, tables, figures, headline rows, skipped inputs). ``notes`` are
+    added under the title, after the report's own.
 
     With ``seeds``, the runs are ``exp_dir/seed<k>/`` (data in ``exp_dir/data``): the single-run tables and
     figures show the first seed, and the ``seeds`` table gives mean and spread over all of them.
@@ -92,6 +94,7 @@ def build_report(
     if noise:
         figures["noise_curves"] = noise_curves(exps, out / "figures" / "noise_curves.png")
 
+    extra_notes = list(notes)
     notes = [
         "Numbers are mIoU x100 from this run's metric files. Published peer numbers are real-VOC results "
         "listed for context only and are not comparable with this run's numbers."
@@ -104,6 +107,7 @@ def build_report(
     skipped = [s for e in exps for s in e.skipped]
     if skipped:
         notes.append("Optional inputs missing (rows left out): " + ", ".join(skipped))
+    notes += extra_notes
     synth = exp.data_root / "synthetic.json"
     dataset_info = read_json(synth) if synth.is_file() else None
 

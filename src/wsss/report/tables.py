@@ -15,6 +15,7 @@ import pandas as pd
 from wsss.io import WsssInputError, read_json
 from wsss.report.inputs import ABLATION_ORDER, CONTROL, FULL, Experiment, net_label, num, protocol_of
 from wsss.report.published import published_frame
+from wsss.variants import SINGLE_STAGE_VARIANTS
 
 # column format kinds: "frac" (x100, 1 dec), "delta" (x100, signed, 1 dec), "pct" (already %, 1 dec),
 # "thr" (2 dec), anything else: text
@@ -767,6 +768,26 @@ def _val(x) -> float:
     return NAN if x is None else float(x)
 
 
+def _without_lr(v: str, variants: list[str]) -> str | None:
+    """The variant with the same AA switch and LR off, when ``v`` has LR and that variant ran; else None."""
+    aa, lr = SINGLE_STAGE_VARIANTS.get(v, (False, False))
+    other = next((w for w, flags in SINGLE_STAGE_VARIANTS.items() if flags == (aa, False)), None)
+    return other if lr and other in variants else None
+
+
+def _paired(exps: list[Experiment], za: str, va: str, vb: str | None, zb: str) -> tuple[float, float]:
+    """Mean and sd over the seeds of val mIoU(za, va) - val mIoU(zb, vb), paired within each seed; NaNs when
+    ``vb`` is None."""
+    if vb is None:
+        return NAN, NAN
+
+    def miou(e: Experiment, z: str, v: str) -> float:
+        return num(e.noisy_seg[(z, v)], "miou", e.paths[f"seg_noisy_{z}_{v}"])
+
+    mean, sd, _ = _stats([_sub(miou(e, za, va), miou(e, zb, vb)) for e in exps])
+    return mean, sd
+
+
 def noise_experiment(exps: list[Experiment]) -> Table:
     """AA&LR under controlled label noise (issue 16): val mIoU of every variant trained on ground truth corrupted
     by each kind at each rate, mean ± sd over the seeds, the paired difference to the baseline at the same
@@ -786,6 +807,8 @@ def noise_experiment(exps: list[Experiment]) -> Table:
             )
             mean, sd, k = _stats(miou)
             d_mean, d_sd, _ = _stats([_sub(a, b) for a, b in zip(miou, base)]) if v != "baseline" else (NAN, NAN, 0)
+            lr_mean, lr_sd = _paired(exps, z, v, _without_lr(v, variants), z)
+            drop_mean, drop_sd = _paired(exps, "clean", v, v, z) if z != "clean" and "clean" in settings else (NAN,) * 2
             last = [_final_epoch(e, z, v) for e in exps]
             rows.append(
                 {
@@ -799,6 +822,10 @@ def noise_experiment(exps: list[Experiment]) -> Table:
                     "miou_sd": sd,
                     "delta_vs_baseline": d_mean,
                     "delta_sd": d_sd,
+                    "delta_lr": lr_mean,
+                    "delta_lr_sd": lr_sd,
+                    "drop_vs_clean": drop_mean,
+                    "drop_sd": drop_sd,
                     "miou_crf": _stats(
                         [num(e.noisy_seg[(z, v)], "miou_crf", e.paths[f"seg_noisy_{z}_{v}"]) for e in exps]
                     )[0],
@@ -814,6 +841,10 @@ def noise_experiment(exps: list[Experiment]) -> Table:
         "miou_sd": "frac",
         "delta_vs_baseline": "delta",
         "delta_sd": "frac",
+        "delta_lr": "delta",
+        "delta_lr_sd": "frac",
+        "drop_vs_clean": "delta",
+        "drop_sd": "frac",
         "miou_crf": "frac",
         "lr_precision": "frac",
         "lr_recall": "frac",
@@ -824,7 +855,10 @@ def noise_experiment(exps: list[Experiment]) -> Table:
         f"Seeds {[e.seed for e in exps]}. Every single-stage variant trained on the train split's ground truth "
         "corrupted by one kind at one rate (rate = share of each object's pixels made wrong; achieved_rate = wrong "
         "pixels / object pixels, measured), instead of its own PAMR pseudo GT, on the same schedule; val mIoU without "
-        "CRF (mean, sd over the seeds), its paired difference to the baseline at the same setting (delta, sd), and "
+        "CRF (mean, sd over the seeds), its paired difference to the baseline at the same setting (delta, sd), "
+        "delta_lr = the paired difference of an LR variant to the same variant without LR (+LR - baseline, "
+        "+AA+LR - +AA: what LR adds), drop_vs_clean = the same variant's clean val mIoU minus this setting's "
+        "(paired; negative: the noise raised it), each with its sd over the seeds; miou_crf = val mIoU "
         "with CRF. lr_precision / lr_recall: in the last epoch, LR's moves that remove a wrong label over all its "
         "moves / over all wrong target pixels (training crops). Values x100.",
         pd.DataFrame(rows, columns=cols),

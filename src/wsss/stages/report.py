@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from wsss.report import build_report
@@ -19,8 +20,9 @@ from wsss.variants import (
 log = logging.getLogger("wsss")
 
 
-def run(cfg, *, data: Path, out: Path, exp: str, threads: int = 1) -> None:
-    full = cfg.to_dict()  # the report reads (and prints) the whole config
+def run(cfg, *, data: Path, out: Path, exp: str, threads: int = 1, notes: Sequence[str] = ()) -> dict:
+    """Write the report of the run at ``exp``; ``notes`` go under the title (wsss.records adds its provenance)."""
+    full = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)  # the report reads (and prints) the whole config
     summary = build_report(
         Path(exp),
         out,
@@ -39,7 +41,9 @@ def run(cfg, *, data: Path, out: Path, exp: str, threads: int = 1) -> None:
         select_variants=selection_variants(full),
         select_weights=selection_weights(full),
         select_on=full["single_stage"]["selection"]["select_on"],
+        notes=notes,
     )
     for row in summary.get("headline", []):
         log.info("headline: %s", row)
     print(f"report: {Path(out) / 'index.html'}")
+    return summary
