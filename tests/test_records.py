@@ -87,3 +87,15 @@ def test_a_seeds_targets_are_the_report_inputs_of_that_seed_only():
     assert {"seed1/metrics/cam_mainnet_rcm_mam.json", "seed1/metrics/train_mainnet_baseline.json"} <= set(files)
     noisy = config.validate({**cfg, "single_stage": {"noise_experiment": {"enabled": True, "kinds": ["erode"]}}})
     assert "seed1/metrics/seg_noisy_erode20_aa_lr.json" in records.seed_files(noisy, 1)
+
+
+def test_seed_targets_name_the_seeds_files_and_the_slice_record_reads(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: x\nseeds: [0, 1]\n")
+    assert records.main(["seed-targets", "--config", str(cfg), "--seed", "1"]) == 0
+    targets = capsys.readouterr().out.split()
+    assert targets[0] == "results/x/params/report.json"
+    assert "results/x/seed1/metrics/cam_supportnet.json" in targets
+    assert not [t for t in targets if "/seed0/" in t]
+    assert records.main(["seed-targets", "--config", str(cfg), "--seed", "5"]) == 2
+    assert "--seed 5: not among" in capsys.readouterr().err

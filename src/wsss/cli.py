@@ -101,48 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("write_slice", help="write one config slice given as text (Snakemake's rule `config`)")
     w.add_argument("--text", required=True, help="the slice file's content (JSON, wsss.registry.slice_text)")
     w.add_argument("--out", required=True)
-    records_doc = "Seeds run in separate sessions add up to one report (see wsss.records)."
-    r = sub.add_parser(
-        "record",
-        help="keep seeds of a finished run in the repository (records/<name>/seed<k>) with their provenance",
-        description=records_doc,
-    )
-    r.add_argument("--exp", required=True, help="the run's folder, results/<name>")
-    r.add_argument("--seeds", required=True, type=int, nargs="+", help="the seeds to record (their runs finished)")
-    r.add_argument("--to", default=None, help="the records folder (default records/<name>)")
-    r.add_argument(
-        "--config",
-        default=None,
-        help="the run's config file: first check with `snakemake -n` that those seeds' outputs are up to date",
-    )
-    r.add_argument(
-        "--snakemake-config",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="the run's `snakemake --config` overrides, for that check",
-    )
-    t = sub.add_parser(
-        "seed-targets",
-        help="the metric files of one seed that the report reads (Snakemake targets that run that seed alone)",
-        description=records_doc,
-    )
-    t.add_argument("--config", required=True)
-    t.add_argument("--seed", required=True, type=int)
-    rr = sub.add_parser(
-        "report-records",
-        help="the report of the recorded seeds (same config slices and stage code, checked)",
-        description=records_doc,
-    )
-    rr.add_argument("--records", required=True, help="a records folder (records/<name>)")
-    rr.add_argument(
-        "--out", default=None, help="where to assemble the experiment folder <name> (default results/records)"
-    )
-    rr.add_argument(
-        "--allow-code-change",
-        action="store_true",
-        help="report records made with stage code that differs from today's (the report lists those stages)",
-    )
     return p
 
 
@@ -219,11 +177,6 @@ def main(argv: list[str] | None = None) -> int:
         if name == "config":
             write_slices(args.config, args.out)
             return 0
-        if name in ("record", "seed-targets", "report-records"):
-            from wsss import records
-
-            main = {"record": records.main_record, "seed-targets": records.main_seed_targets}
-            return main.get(name, records.main_report)(args)
         if name == "write_slice":
             try:
                 doc = json.loads(args.text)

@@ -2,12 +2,12 @@
 run in separate sessions (or on separate machines) add up to one multi-seed report.
 
 A five-seed ablation that takes longer than one sitting is run a seed or two at a time
-(``snakemake <that seed's targets>``); after each, ``wsss record`` copies what the report reads of those seeds
+(``snakemake <that seed's targets>``); after each, ``wsss-records record`` copies what the report reads of those seeds
 (the metric files the report stage gathers, and the dataset's small description files) to
 ``records/<name>/seed<k>/`` with a ``manifest.json``: the UTC time, the git commit (and whether the tree was
 dirty), the sha256 of every config slice the run used (``results/<name>/params/*.json``, the files Snakemake
 re-runs a stage on) and the code digest of every stage (:func:`wsss.registry.code_digest`, the digest Snakemake
-re-runs a stage on). ``wsss report-records`` then lays the recorded seeds out as an experiment folder and runs the
+re-runs a stage on). ``wsss-records report`` then lays the recorded seeds out as an experiment folder and runs the
 report stage's table and figure code on them, after checking that every seed came from the same config slices
 and the same stage code: numbers of different configurations or code never share a table. Code that changed
 since the records were made is an error too unless ``--allow-code-change`` is given, and then the report says
@@ -16,9 +16,11 @@ which stages changed.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import hashlib
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -32,7 +34,7 @@ from wsss.io import WsssInputError, read_json, write_json, write_text
 #: the dataset files the report reads besides the metrics (split lists, the benchmark's and VOC's descriptions)
 DATA_FILES = ("synthetic.json", "prepare_report.json", "labels.json")
 #: the slice and stage that do not make a seed's numbers: the report's slice holds the whole config and its seeds,
-#: and its code is today's, run by report-records itself
+#: and its code is today's, run by `wsss-records report` itself
 UNCOMPARED = ("report",)
 MANIFEST = "manifest.json"
 CONFIG_FILE = "config.json"
@@ -65,11 +67,12 @@ def seed_files(cfg: dict, seed: int) -> list[str]:
     """The metric files of ``seed`` that the report stage gathers under ``cfg``, relative to results/<name>."""
     exp = registry.exp_dir(cfg)
     stage = registry.STAGES["report"]
+    paths = registry.input_paths(stage, cfg, {})
     out = []
     for name, f in stage.inputs.items():
         if not isinstance(f, registry.Gather) or not f.path.endswith(".json"):
             continue
-        for path in registry.input_paths(stage, cfg, {})[name]:
+        for path in paths[name]:
             rel = Path(path).relative_to(exp)
             if rel.parts[0] == f"seed{seed}":
                 out.append(rel.as_posix())
@@ -177,7 +180,7 @@ def load_records(records: str | Path) -> tuple[dict, dict[int, dict]]:
     records = Path(records)
     cfg_path = records / CONFIG_FILE
     if not cfg_path.is_file():
-        raise WsssInputError(f"{cfg_path}: not found; `wsss record` writes it (is {records} a records folder?)")
+        raise WsssInputError(f"{cfg_path}: not found; `wsss-records record` writes it (is {records} a records folder?)")
     cfg = wconfig.validate(read_json(cfg_path), source=str(cfg_path))
     manifests: dict[int, dict] = {}
     for d in sorted(records.glob("seed*")):
@@ -191,7 +194,7 @@ def load_records(records: str | Path) -> tuple[dict, dict[int, dict]]:
                 raise WsssInputError(f"{path}: missing or changed since it was recorded; re-record seed {m['seed']}")
         manifests[int(m["seed"])] = m
     if not manifests:
-        raise WsssInputError(f"{records}: no recorded seed (seed<k>/{MANIFEST}); run `wsss record` first")
+        raise WsssInputError(f"{records}: no recorded seed (seed<k>/{MANIFEST}); run `wsss-records record` first")
     return cfg, manifests
 
 
@@ -253,26 +256,70 @@ def report_records(
         shutil.copytree(records / "data", data)
     else:
         data.mkdir(parents=True)
-    view = {**cfg, "seeds": seeds}
-    return report_stage.run(view, data=data, out=exp / "report", exp=str(exp), notes=notes)
+    return report_stage.write({**cfg, "seeds": seeds}, data=data, out=exp / "report", exp=str(exp), notes=notes)
 
 
-def main_seed_targets(args) -> int:
-    cfg = wconfig.load(args.config)
-    if args.seed not in cfg["seeds"]:
-        raise WsssInputError(f"--seed {args.seed}: not among {args.config}'s seeds {cfg['seeds']}")
+def _seed_targets(config_file: str, seed: int) -> list[str]:
+    cfg = wconfig.load(config_file)
+    if seed not in cfg["seeds"]:
+        raise WsssInputError(f"--seed {seed}: not among {config_file}'s seeds {cfg['seeds']}")
     exp = registry.exp_dir(cfg)
-    print(" ".join(f"{exp}/{rel}" for rel in seed_files(cfg, args.seed)))
-    return 0
+    # and the report's slice, which holds the run's whole config that `wsss-records record` reads (run_config)
+    return [registry.params_path(cfg, "report"), *(f"{exp}/{rel}" for rel in seed_files(cfg, seed))]
 
 
-def main_record(args) -> int:
-    for path in record(args.exp, args.seeds, args.to, config_file=args.config, overrides=args.snakemake_config):
-        print(f"recorded {path}")
-    return 0
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wsss-records", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser(
+        "seed-targets", help="the Snakemake targets that run one seed alone: the metric files the report reads"
+    )
+    t.add_argument("--config", required=True)
+    t.add_argument("--seed", required=True, type=int)
+    r = sub.add_parser("record", help="keep seeds of a finished run in records/<name>/seed<k> with their provenance")
+    r.add_argument("--exp", required=True, help="the run's folder, results/<name>")
+    r.add_argument("--seeds", required=True, type=int, nargs="+", help="the seeds to record (their runs finished)")
+    r.add_argument("--to", default=None, help="the records folder (default records/<name>)")
+    r.add_argument(
+        "--config",
+        default=None,
+        help="the run's config file: first check with `snakemake -n` that those seeds' outputs are up to date",
+    )
+    r.add_argument(
+        "--snakemake-config",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the run's `snakemake --config` overrides, for that check",
+    )
+    rr = sub.add_parser("report", help="the report of the recorded seeds (same config slices and stage code, checked)")
+    rr.add_argument("--records", required=True, help="a records folder (records/<name>)")
+    rr.add_argument(
+        "--out", default=None, help="where to assemble the experiment folder <name> (default results/records)"
+    )
+    rr.add_argument(
+        "--allow-code-change",
+        action="store_true",
+        help="report records made with stage code that differs from today's (the report lists those stages)",
+    )
+    return p
 
 
-def main_report(args) -> int:
-    summary = report_records(args.records, args.out, allow_code_change=args.allow_code_change)
-    print(json.dumps({k: summary[k] for k in ("tables_md", "index_html") if k in summary}))
+def main(argv: list[str] | None = None) -> int:
+    """``wsss-records seed-targets | record | report``: a command of its own, so that ``wsss`` (the CLI every
+    stage and DVC's ``config`` stage run) does not import the report code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        if args.command == "seed-targets":
+            print(" ".join(_seed_targets(args.config, args.seed)))
+        elif args.command == "record":
+            for path in record(args.exp, args.seeds, args.to, config_file=args.config, overrides=args.snakemake_config):
+                print(f"recorded {path}")
+        else:
+            summary = report_records(args.records, args.out, allow_code_change=args.allow_code_change)
+            print(json.dumps({k: summary[k] for k in ("tables_md", "index_html") if k in summary}))
+    except WsssInputError as e:
+        print(f"wsss-records {args.command}: error: {e}", file=sys.stderr)
+        return 2
     return 0

@@ -20,9 +20,13 @@ from wsss.variants import (
 log = logging.getLogger("wsss")
 
 
-def run(cfg, *, data: Path, out: Path, exp: str, threads: int = 1, notes: Sequence[str] = ()) -> dict:
-    """Write the report of the run at ``exp``; ``notes`` go under the title (wsss.records adds its provenance)."""
-    full = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)  # the report reads (and prints) the whole config
+def run(cfg, *, data: Path, out: Path, exp: str, threads: int = 1) -> None:
+    write(cfg.to_dict(), data=data, out=out, exp=exp)  # the report reads (and prints) the whole config
+
+
+def write(full: dict, *, data: Path, out: Path, exp: str, notes: Sequence[str] = ()) -> dict:
+    """Write the report of the run at ``exp`` under the complete config ``full``; ``notes`` go under the title
+    (wsss.records adds its provenance). Returns the report's summary."""
     summary = build_report(
         Path(exp),
         out,
