@@ -539,3 +539,54 @@ def test_the_report_shows_the_held_out_aa_weight_choice_and_its_protocol(exp: Pa
     (exp / "metrics" / "select_aa_aa1.json").unlink()
     with pytest.raises(WsssInputError, match="select_aa_aa1.json: required metric file of the AA-weight selection"):
         run(exp, select_variants=["aa"], select_weights=["0.1", "1"])
+
+
+def test_mechanism_pairs_differ_in_one_piece() -> None:
+    """Each contrast but the formulations' adds exactly one piece of wsss.variants to the other net, and none
+    is against the fair control (the ablation table has those)."""
+    from wsss.report.tables import FORMULATION_CONTRASTS, mechanism_pairs
+    from wsss.variants import MAINNET_VARIANTS
+
+    pairs = {(a, b) for a, b, _ in mechanism_pairs()}
+    assert pairs == {
+        ("mainnet_rcm_mam", "mainnet_rcm"),
+        ("mainnet_rcm_mam", "mainnet_mam"),
+        ("mainnet_authors", "mainnet_authors_rcm"),
+        ("mainnet_authors", "mainnet_authors_mam"),
+        ("mainnet_authors", "mainnet_authors_frozen"),
+        ("mainnet_authors_frozen", "mainnet_rcm_mam"),
+    }
+    for a, b, _ in FORMULATION_CONTRASTS:
+        assert a in MAINNET_VARIANTS and b in MAINNET_VARIANTS
+    teacher = next(w for a, b, w in mechanism_pairs() if b == "mainnet_authors_frozen")
+    assert teacher.startswith("the mean teacher")
+
+
+def test_mechanism_contrast_is_paired_within_seeds(tmp_path: Path) -> None:
+    """+RCM+MAM - (+RCM): within each seed the difference is +0.05 body recall while both nets move with the
+    seed by ±0.04, so the paired sd is 0; the table lists only pairs whose nets both ran."""
+    root = tmp_path / "results" / "multi"
+    for k, shift in ((0, 0.0), (1, 0.04), (2, -0.04)):
+        e = root / f"seed{k}"
+        write_metrics(e)
+        m = e / "metrics"
+        for src, dst in (("train_mainnet_baseline", "train_mainnet_rcm"), ("cam_mainnet_baseline", "cam_mainnet_rcm")):
+            d = read_json(m / f"{src}.json")
+            d["net"] = "mainnet_rcm"
+            write_json(m / f"{dst}.json", d)
+        for net, body in (("mainnet_rcm", 0.30), ("mainnet_rcm_mam", 0.35)):
+            p = m / f"cam_{net}.json"
+            d = read_json(p)
+            d["matched_rate"]["rings"]["1-2"]["body_recall"] = body + shift
+            d["matched_rate"]["rings"]["1-2"]["context_fp"] = 0.2 + (0.1 * k if net == "mainnet_rcm_mam" else 0.0)
+            write_json(p, d)
+    write_data(root)
+    s = run(root, seeds=[0, 1, 2], nets=[*NETS, "mainnet_rcm"])
+    mc = table(s, "mechanism_contrasts")
+    assert list(zip(mc["a"], mc["b"])) == [("mainnet_rcm_mam", "mainnet_rcm")]  # no mainnet_mam, no authors' nets
+    row = mc.iloc[0]
+    assert row["contrast"].startswith("our MAM") and row["n_seeds"] == 3
+    assert row["delta_body"] == pytest.approx(0.05) and row["delta_body_sd"] == pytest.approx(0.0, abs=1e-12)
+    assert row["body_beyond_2sd"] == "yes"
+    assert row["delta_context"] == pytest.approx(0.1) and row["delta_context_sd"] == pytest.approx(0.1)
+    assert math.isnan(row["delta_crf"])  # the fixture's +RCM net has no CRF labels

@@ -15,6 +15,7 @@ from wsss.report.tables import (
     aa_selection,
     ablation_over_seeds,
     build_tables,
+    mechanism_contrasts,
     noise_experiment,
     noise_memorisation,
     seed_spread,
@@ -85,7 +86,7 @@ def build_report(
         exps = [load_experiment(exp_dir, **kw)]
     exp = exps[0]
     out = Path(out_dir)
-    tables = build_tables(exp, config) + [ablation_over_seeds(exps), seed_spread(exps)]
+    tables = build_tables(exp, config) + [ablation_over_seeds(exps), mechanism_contrasts(exps), seed_spread(exps)]
     if noise:
         tables += [noise_experiment(exps), noise_memorisation(exps)]
     if select_variants and select_weights:

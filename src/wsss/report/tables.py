@@ -7,6 +7,7 @@ format map used when rendering Markdown/HTML (fractions shown x100 with one deci
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ import pandas as pd
 from wsss.io import WsssInputError, read_json
 from wsss.report.inputs import ABLATION_ORDER, CONTROL, FULL, Experiment, net_label, num, protocol_of
 from wsss.report.published import published_frame
-from wsss.variants import SINGLE_STAGE_VARIANTS
+from wsss.variants import MAINNET_VARIANTS, SINGLE_STAGE_VARIANTS
 
 # column format kinds: "frac" (x100, 1 dec), "delta" (x100, signed, 1 dec), "pct" (already %, 1 dec),
 # "thr" (2 dec), anything else: text
@@ -686,32 +687,41 @@ ABLATION_MEASURES = (
 )
 
 
+def _ablation_measures(e: Experiment, n: str) -> dict[str, float]:
+    """One net's numbers of one run for the ablation tables (NaN where the run lacks them)."""
+    d = e.cam.get(n)
+    out = {k: matched(d, key, e.paths[f"cam_{n}"]) if d else NAN for k, _, key in ABLATION_MEASURES}
+    out["far_body"] = matched_far_body(d, e.paths[f"cam_{n}"])[0] if d else NAN
+    out["crf"] = num(e.pseudo[n], "miou", e.paths[f"pseudo_{n}_crf"]) if n in e.pseudo else NAN
+    out["rw"] = num(e.rw[n], "miou", e.paths[f"pseudo_{n}_rw"]) if n in e.rw else NAN
+    return out
+
+
+def _far_bin(exps: list[Experiment]) -> str | None:
+    return next((b for e in exps for n, d in e.cam.items() if (b := matched_far_body(d, e.paths[f"cam_{n}"])[1])), None)
+
+
+def _ablation_columns(exps: list[Experiment]) -> list[str]:
+    """The measures the runs have: matched-rate body/context/boundary, far-body recall where the data has
+    distance bins, +CRF, and +random walk where a walk ran."""
+    measures = [*(k for k, _, _ in ABLATION_MEASURES)] + (["far_body"] if _far_bin(exps) else []) + ["crf"]
+    return measures + (["rw"] if any(e.rw for e in exps) else [])
+
+
 def ablation_over_seeds(exps: list[Experiment]) -> Table:
     """The ablation as paired differences to the fair control within each seed (mean ± sd over the seeds):
     matched-rate body recall, context false positives and boundary mIoU (first ring), +CRF pseudo-label mIoU
     (calibrated per net on the calibration subset) and, where a walk ran, +random-walk pseudo-label mIoU."""
-
-    def per_seed(e: Experiment, n: str) -> dict[str, float]:
-        d = e.cam.get(n)
-        out = {k: matched(d, key, e.paths[f"cam_{n}"]) if d else NAN for k, _, key in ABLATION_MEASURES}
-        out["far_body"] = matched_far_body(d, e.paths[f"cam_{n}"])[0] if d else NAN
-        out["crf"] = num(e.pseudo[n], "miou", e.paths[f"pseudo_{n}_crf"]) if n in e.pseudo else NAN
-        out["rw"] = num(e.rw[n], "miou", e.paths[f"pseudo_{n}_rw"]) if n in e.rw else NAN
-        return out
-
     nets: list[str] = []
     for e in exps:
         nets += [n for n in e.cam if n not in nets]
     order = [n for n in ABLATION_ORDER if n in nets] + [n for n in nets if n not in ABLATION_ORDER]
-    far_bin = next(
-        (b for e in exps for n, d in e.cam.items() if (b := matched_far_body(d, e.paths[f"cam_{n}"])[1])), None
-    )
-    measures = [*(k for k, _, _ in ABLATION_MEASURES)] + (["far_body"] if far_bin else []) + ["crf"]
-    measures += ["rw"] if any(e.rw for e in exps) else []
-    ctrl = [per_seed(e, CONTROL) for e in exps]
+    far_bin = _far_bin(exps)
+    measures = _ablation_columns(exps)
+    ctrl = [_ablation_measures(e, CONTROL) for e in exps]
     rows = []
     for n in order:
-        vals = [per_seed(e, n) for e in exps]
+        vals = [_ablation_measures(e, n) for e in exps]
         row = {"net": n, "model": net_label(n), "n_seeds": sum(not math.isnan(v["body"]) for v in vals)}
         for m in measures:
             row[m] = _stats([v[m] for v in vals])[0]
@@ -747,6 +757,73 @@ def ablation_over_seeds(exps: list[Experiment]) -> Table:
         f"delta = the difference to '{net_label(CONTROL)}' (same initialisation, schedule and steps) within each "
         "seed, mean over the seeds, and its sd (n-1): a difference counts when it clearly exceeds its sd; "
         "body_gain_beyond_2sd says whether the body-recall gain exceeds 2 sd. Values x100.",
+        pd.DataFrame(rows, columns=cols),
+        fmt,
+    )
+
+
+# ------------------------------------------------------------------------------------------ mechanism contrasts
+#: what each piece of a MainNet variant (wsss.variants.MAINNET_VARIANTS) is, for the contrast table
+PIECE_LABELS = {
+    "teacher": "the mean teacher (EMA SupportNet instead of a frozen one)",
+    "authors_rcm": "the authors' RCM",
+    "authors_mam": "the authors' MAM",
+    "rcm": "our RCM",
+    "mam": "our MAM",
+    "puzzle": "Puzzle-CAM's tile loss",
+    "hide_and_seek": "Hide-and-Seek's hiding",
+}
+#: contrasts between formulations rather than pieces: (a, b, what a - b is)
+FORMULATION_CONTRASTS = (
+    ("authors_frozen", "rcm_mam", "the authors' RCM+MAM against ours, both with a frozen SupportNet"),
+)
+
+
+def mechanism_pairs(variants: dict[str, tuple[str, ...]] = MAINNET_VARIANTS) -> list[tuple[str, str, str]]:
+    """(net a, net b, what a - b isolates): every pair of MainNet variants where a has exactly one piece more than
+    b (b not the fair control, whose differences the ablation table has), then FORMULATION_CONTRASTS."""
+    out = []
+    for a, pa in variants.items():
+        for b, pb in variants.items():
+            extra = set(pa) - set(pb)
+            if b != "baseline" and set(pb) < set(pa) and len(extra) == 1:
+                piece = PIECE_LABELS.get(next(iter(extra)), next(iter(extra)))
+                out.append((f"mainnet_{a}", f"mainnet_{b}", f"{piece}, added to {net_label('mainnet_' + b)}"))
+    return out + [(f"mainnet_{a}", f"mainnet_{b}", what) for a, b, what in FORMULATION_CONTRASTS]
+
+
+def mechanism_contrasts(exps: list[Experiment], pairs: Sequence[tuple[str, str, str]] | None = None) -> Table:
+    """Paired differences between two variants (a - b within each seed, mean ± sd over the seeds) for the
+    measures of ``ablation_over_seeds``: the share of one piece, where the difference to the fair control mixes
+    several. ``pairs`` defaults to ``mechanism_pairs()``; a pair is listed when the run has both nets."""
+    measures = _ablation_columns(exps)
+    rows = []
+    for a, b, what in mechanism_pairs() if pairs is None else pairs:
+        if not any(a in e.cam for e in exps) or not any(b in e.cam for e in exps):
+            continue
+        va, vb = [_ablation_measures(e, a) for e in exps], [_ablation_measures(e, b) for e in exps]
+        row: dict[str, Any] = {"contrast": what, "a": a, "b": b}
+        row["n_seeds"] = sum(not math.isnan(_sub(x["body"], y["body"])) for x, y in zip(va, vb))
+        for m in measures:
+            row[f"delta_{m}"], row[f"delta_{m}_sd"], _ = _stats([_sub(x[m], y[m]) for x, y in zip(va, vb)])
+        d, sd = row["delta_body"], row["delta_body_sd"]
+        row["body_beyond_2sd"] = "—" if math.isnan(d) or math.isnan(sd) else ("yes" if abs(d) > 2 * sd else "no")
+        rows.append(row)
+    cols = ["contrast", "a", "b", "n_seeds"]
+    fmt: dict[str, str] = {}
+    for m in measures:
+        cols += [f"delta_{m}", f"delta_{m}_sd"]
+        fmt.update({f"delta_{m}": "delta", f"delta_{m}_sd": "frac"})
+    cols.append("body_beyond_2sd")
+    seeds = [e.seed for e in exps]
+    return Table(
+        "mechanism_contrasts",
+        "Mechanism contrasts over seeds: one piece at a time",
+        f"Seeds {seeds}. delta = a - b within each seed, mean over the seeds, and its sd (n-1), for pairs of "
+        "MainNet variants where a has one piece more than b (same initialisation, schedule and steps), so the "
+        "difference is that piece's share given the others, and for the formulations against each other; measures "
+        "as in 'Ablation over seeds'. body_beyond_2sd: |delta_body| > 2 sd. A pair is listed when the run has both "
+        "variants. Values x100.",
         pd.DataFrame(rows, columns=cols),
         fmt,
     )
